@@ -1,0 +1,97 @@
+"""`sparse-lab <command>`. Imports stay light here (no torch) so --help and `list` answer at once."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+HELP = """\
+usage: sparse-lab <command> [options]
+
+Train and evaluate sparse networks: dataset x model x sparsity method x hardware target.
+
+commands:
+  train [overrides]   run one experiment; Hydra overrides such as model=mobilenet_v2
+                      sparsity=random sparsity.sparsity=0.9 trainer.max_epochs=10
+                      -m/--multirun  sweep: sparse-lab train -m model=vit,mobilenet_v2 seed=0,1
+                      --cfg job      print the composed config and exit
+                      --help         Hydra's help for the train command
+  list                every config group with its options and what each one is
+  --version           print the version
+
+Runs go to outputs/runs/<date>/<time>_<data>_<model>_<sparsity>/ (sweeps to outputs/multirun/),
+each with results.json, final_model.pt, csv/metrics.csv and the resolved config in .hydra/.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(HELP, end="")
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "--version":
+        from sparse_lab import __version__
+
+        print(f"sparse-lab {__version__}")
+        return 0
+    if command == "list":
+        from sparse_lab.catalog import format_catalog
+
+        print(format_catalog(CONFIG_DIR), end="")
+        return 0
+    if command == "train":
+        return train(rest)
+    print(f"error: unknown command {command!r}; choose one of: train, list (see sparse-lab --help)", file=sys.stderr)
+    return 2
+
+
+def train(overrides: list[str]) -> int:
+    from sparse_lab.catalog import check_group_choices
+    from sparse_lab.errors import UserError
+
+    try:
+        check_group_choices(CONFIG_DIR, overrides)
+    except UserError as exc:
+        return fail(exc)
+    # Errors reach us unwrapped, so they can be reported in one line (see `fail`).
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    import hydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
+    def train_job(cfg) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        from sparse_lab.experiment import run
+        from sparse_lab.logs import quiet_third_party_logs
+
+        quiet_third_party_logs()
+        run(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+    sys.argv = ["sparse-lab train", *overrides]
+    try:
+        train_job()
+    except UserError as exc:
+        return fail(exc)
+    except (HydraException, OmegaConfBaseException) as exc:
+        return fail(exc)
+    except KeyboardInterrupt:
+        print("interrupted; results.json in the run directory says how far the run got", file=sys.stderr)
+        return 130
+    return 0
+
+
+def fail(exc: BaseException) -> int:
+    """One line on stderr, no traceback: the message's first line is the informative one."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    print(f"error: {lines[0] if lines else type(exc).__name__}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

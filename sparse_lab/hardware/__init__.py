@@ -1,0 +1,1 @@
+"""Hardware targets, MAC counting and latency measurement."""

@@ -1,0 +1,16 @@
+"""Keep the console for what a researcher reads: progress, epoch metrics, the summary."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+
+def quiet_third_party_logs() -> None:
+    # Lightning's start-up chatter (device availability, upsell tips) and known-benign warnings.
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
+                 "lightning_fabric.utilities.seed"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*isinstance.treespec, LeafSpec.*")
+    warnings.filterwarnings("ignore", ".*the number of training batches.*is smaller than the logging interval.*")

@@ -1,0 +1,89 @@
+"""MobileNetV2 (Sandler et al. 2018): inverted residuals with linear bottlenecks.
+
+For small inputs (``image_size <= 64``) the stem and the first downsampling stage keep stride 1
+(the usual CIFAR adaptation), so a 32x32 image leaves the last stage at 4x4 instead of 1x1.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sparse_lab.errors import UserError
+from sparse_lab.models import MODELS
+
+# (expansion t, output channels c, repeats n, first stride s), as in Table 2 of the paper.
+V2_STAGES = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Round channels to a multiple of ``divisor`` without going more than 10% below ``value``."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+def conv_bn_act(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
+    layers = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+    if act:
+        layers.append(nn.ReLU6(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, expansion: int):
+        super().__init__()
+        hidden = cin * expansion
+        layers = [] if expansion == 1 else [conv_bn_act(cin, hidden, 1)]
+        layers += [conv_bn_act(hidden, hidden, 3, stride, groups=hidden), conv_bn_act(hidden, cout, 1, act=False)]
+        self.conv = nn.Sequential(*layers)
+        self.use_residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.use_residual else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    input_modality = "image"
+
+    def __init__(self, num_classes: int, image_size: int, in_chans: int = 3, width_mult: float = 1.0, dropout: float = 0.2):
+        super().__init__()
+        if width_mult <= 0:
+            raise UserError(f"model.width_mult must be positive, got {width_mult}")
+        small_input = image_size <= 64
+        channels = make_divisible(32 * width_mult)
+        last = make_divisible(1280 * max(1.0, width_mult))
+        features = [conv_bn_act(in_chans, channels, 3, stride=1 if small_input else 2)]
+        for stage, (t, c, n, s) in enumerate(V2_STAGES):
+            cout = make_divisible(c * width_mult)
+            stride = 1 if (small_input and stage == 1) else s
+            for i in range(n):
+                features.append(InvertedResidual(channels, cout, stride if i == 0 else 1, t))
+                channels = cout
+        features.append(conv_bn_act(channels, last, 1))
+        self.features = nn.Sequential(*features)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(last, num_classes))
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.features(x)).flatten(1))
+
+
+@MODELS.register("mobilenet_v2")
+def mobilenet_v2(num_classes: int, image_size: int, in_chans: int = 3, width_mult: float = 1.0, dropout: float = 0.2) -> MobileNetV2:
+    return MobileNetV2(num_classes, image_size, in_chans, width_mult, dropout)
+
+
+mobilenet_v2.input_modality = "image"
+mobilenet_v2.default_data = "digits"

@@ -1,0 +1,1 @@
+"""Tasks: LightningModules that wrap a plain model with its loss, metrics and optimisation."""

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from sparse_lab.cli import CONFIG_DIR
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+@pytest.fixture
+def make_cfg():
+    """Compose the real config with overrides, as `sparse-lab train <overrides>` would."""
+
+    def _make(*overrides: str):
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+            return compose("config", overrides=["trainer=fast", "logger=none", *overrides])
+
+    return _make
+
+
+def run_cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """The installed console script, run as a user would (in its own working directory)."""
+    exe = Path(sys.executable).with_name("sparse-lab")
+    env = {**os.environ, "WANDB_MODE": "offline", "COLUMNS": "120"}
+    env.pop("WANDB_API_KEY", None)
+    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
