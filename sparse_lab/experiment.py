@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
+from pytorch_lightning.utilities import move_data_to_device
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,7 +23,7 @@ from sparse_lab.models import build_model
 from sparse_lab.results import RunResults
 from sparse_lab.sparsity import build_method
 from sparse_lab.summary import print_summary
-from sparse_lab.tasks.classification import ClassificationTask
+from sparse_lab.tasks import build_task
 
 log = logging.getLogger(__name__)
 
@@ -63,19 +64,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         info = datamodule.info
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         model_cfg = options(cfg.model, drop=("name", "optim"))
-        model = build_model(
-            cfg.model.name,
-            modality=info.modality,
-            num_classes=info.num_classes,
-            image_size=info.image_size,
-            in_chans=info.in_chans,
-            **model_cfg,
-        )
+        model = build_model(cfg.model.name, modality=info.modality, num_classes=info.num_classes, **info.sizes, **model_cfg)
         method.attach(model, seed=cfg.seed)
-        task = ClassificationTask(model, info.num_classes, **options(cfg.model.optim, drop=()))
+        task = build_task(info, model, options(cfg.model.optim, drop=()))
         loggers = build_loggers(cfg, run_dir, run_name=run_dir.name)
 
         for round_index in range(method.rounds):
+            method.begin_round(round_index, task)
             trainer = build_trainer(cfg, target.accelerator, [method], loggers, run_dir)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -84,12 +79,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             results.data["rounds"].append({"round": round_index, **test, **method.summary()})
             results.write()
 
-        example = datamodule.example_input().to(next(model.parameters()).device)
+        model = task.model  # a method may have rebuilt it (e.g. physically narrowed channels)
+        example = move_data_to_device(datamodule.example_input(), task.device)
         hw_metrics, macs_table = target.profile(model, example)
         metrics = {**test, **method.summary(), **hw_metrics}
         torch.save(model.state_dict(), run_dir / "final_model.pt")
         log_final(loggers, metrics, step=trainer.global_step)
-        results.update(metrics=metrics, layers=method.layer_table(), macs_by_layer=macs_table)
+        results.update(metrics=metrics, sparsity=method.details(), layers=method.layer_table(), macs_by_layer=macs_table)
         results.finish("completed")
         print_summary(cfg, results.data)
         finish(loggers)

@@ -38,6 +38,7 @@ class RunResults:
             "config": config,
             "metrics": {},
             "rounds": [],
+            "sparsity": {},
             "layers": [],
             "macs_by_layer": [],
             "versions": package_versions(),

@@ -1,7 +1,8 @@
 """MobileNetV2 (Sandler et al. 2018): inverted residuals with linear bottlenecks.
 
-For small inputs (``image_size <= 64``) the stem and the first downsampling stage keep stride 1
-(the usual CIFAR adaptation), so a 32x32 image leaves the last stage at 4x4 instead of 1x1.
+For small inputs (``image_size <= 64``) the stem keeps stride 1, so a 32x32 image leaves the last
+stage at 2x2 instead of 1x1. (Also keeping the first stage at stride 1, the usual CIFAR variant,
+costs 3.6x the MACs and trains 3.3x slower on a 2-core CPU for little gain on digits.)
 """
 
 from __future__ import annotations
@@ -53,11 +54,10 @@ class MobileNetV2(nn.Module):
         channels = make_divisible(32 * width_mult)
         last = make_divisible(1280 * max(1.0, width_mult))
         features = [conv_bn_act(in_chans, channels, 3, stride=1 if small_input else 2)]
-        for stage, (t, c, n, s) in enumerate(V2_STAGES):
+        for t, c, n, s in V2_STAGES:
             cout = make_divisible(c * width_mult)
-            stride = 1 if (small_input and stage == 1) else s
             for i in range(n):
-                features.append(InvertedResidual(channels, cout, stride if i == 0 else 1, t))
+                features.append(InvertedResidual(channels, cout, s if i == 0 else 1, t))
                 channels = cout
         features.append(conv_bn_act(channels, last, 1))
         self.features = nn.Sequential(*features)

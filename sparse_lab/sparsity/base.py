@@ -49,6 +49,14 @@ class SparsityMethod(pl.Callback):
         self.target_densities = layer_densities([p.shape for p in self.params], 1.0 - self.sparsity, self.distribution)
         self.set_masks(self.initial_masks(torch.Generator().manual_seed(seed)))
 
+    def begin_round(self, index: int, task: pl.LightningModule) -> None:
+        """Called before each round's fit. Iterative methods prune, rewind or rebuild ``task.model`` here;
+        one-round methods have nothing to do."""
+
+    def details(self) -> dict:
+        """Method-specific facts for results.json (under "sparsity"), e.g. layers left dense."""
+        return {"method": self.name, "distribution": self.distribution}
+
     def initial_masks(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Masks (bool, shaped like the weight) by parameter name; weights without one stay dense."""
         return {}
@@ -77,6 +85,12 @@ class SparsityMethod(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         pl_module.log("sparsity/global", self.global_sparsity(), sync_dist=False)
+
+    def state_dict(self) -> dict:
+        return {"masks": {name: mask.cpu() for name, mask in self.masks.items()}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.set_masks(state_dict["masks"])
 
     # -- reporting ----------------------------------------------------------------------------
     @torch.no_grad()
