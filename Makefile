@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python scripts/bench_masking.py
+	for script in scripts/bench_*.py; do $(BIN)/python $$script || exit 1; done
 
 clean:
 	rm -rf outputs/runs outputs/multirun wandb .pytest_cache

@@ -63,33 +63,48 @@ def train(overrides: list[str]) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    failed_jobs: list[str] = []
+
     @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
     def train_job(cfg) -> None:
         from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
 
         from sparse_lab.experiment import run
         from sparse_lab.logs import quiet_third_party_logs
 
         quiet_third_party_logs()
-        run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        hydra_cfg = HydraConfig.get()
+        try:
+            run(cfg, Path(hydra_cfg.runtime.output_dir))
+        except UserError as exc:
+            if hydra_cfg.mode != RunMode.MULTIRUN:
+                raise SystemExit(fail(exc))
+            # A sweep goes on with its other jobs; this one's results.json says why it failed.
+            failed_jobs.append(hydra_cfg.job.num)
+            fail(exc, prefix=f"job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}): ")
 
     sys.argv = ["sparse-lab train", *overrides]
     try:
         train_job()
-    except UserError as exc:
-        return fail(exc)
     except (HydraException, OmegaConfBaseException) as exc:
         return fail(exc)
     except KeyboardInterrupt:
         print("interrupted; results.json in the run directory says how far the run got", file=sys.stderr)
         return 130
+    if failed_jobs:
+        print(f"error: {len(failed_jobs)} sweep job(s) failed: {failed_jobs}", file=sys.stderr)
+        return 2
     return 0
 
 
-def fail(exc: BaseException) -> int:
+def fail(exc: BaseException, prefix: str = "") -> int:
     """One line on stderr, no traceback: the message's first line is the informative one."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    print(f"error: {lines[0] if lines else type(exc).__name__}", file=sys.stderr)
+    message = lines[0] if lines else type(exc).__name__
+    if len(lines) > 1 and lines[1].startswith("To append"):  # Hydra: unknown key, with its hint
+        message = f"{message.rstrip('.')}: no such config key ({lines[1][0].lower()}{lines[1][1:]})"
+    print(f"error: {prefix}{message}", file=sys.stderr)
     return 2
 
 
