@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# pip's notes about local mirror folders it skips are noise; real errors still fail the build.
+QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
 .PHONY: install train test bench clean
 
@@ -11,8 +15,8 @@ install: $(STAMP)
 # Re-installs only when pyproject.toml changes (the stamp is newer otherwise).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --upgrade pip $(QUIET_PIP)
+	$(BIN)/pip install --quiet -e ".[dev]" $(QUIET_PIP)
 	touch $(STAMP)
 
 train: $(STAMP)

@@ -1,0 +1,74 @@
+"""What every image datamodule shares: split sizes, loaders, the ``info`` a model is built from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from sparse_lab.errors import UserError, check_range
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a model is built from and which task trains it."""
+
+    modality: str  # image | point_cloud | point_cloud_pair | ...
+    num_classes: int
+    task: str = "classification"
+    sizes: dict = field(default_factory=dict)  # passed to the model constructor, e.g. image_size, in_chans
+
+
+def seeded_split(n: int, fractions: tuple[float, ...], seed: int) -> list[torch.Tensor]:
+    """Shuffle ``range(n)`` with ``seed`` and cut it into consecutive parts of the given fractions."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    sizes = [round(f * n) for f in fractions[:-1]]
+    sizes.append(n - sum(sizes))
+    return list(torch.split(perm, sizes))
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Holds train/val/test datasets built by ``setup`` and serves them with DataLoaders."""
+
+    def __init__(self, batch_size: int, num_workers: int = 0, eval_batch_size: int | None = None):
+        super().__init__()
+        if int(batch_size) < 1:
+            raise UserError(f"data.batch_size must be at least 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or 4 * batch_size)
+        self.num_workers = int(num_workers)
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train and len(dataset) > self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, train=False)
+
+    def example_input(self) -> torch.Tensor:
+        """One input of batch size 1, for FLOP counting and latency measurement."""
+        return torch.zeros(1, self.info.sizes["in_chans"], self.image_size, self.image_size)
+
+
+def holdout_split(dataset: Dataset, val_fraction: float, seed: int) -> tuple[Subset, Subset]:
+    """Split a training set into train and validation parts, seeded."""
+    check_range("data.val_fraction", val_fraction, 0.0, 1.0)
+    train_idx, val_idx = seeded_split(len(dataset), (1 - val_fraction, val_fraction), seed)
+    return Subset(dataset, train_idx.tolist()), Subset(dataset, val_idx.tolist())
