@@ -1,0 +1,115 @@
+"""spconv on machines without CUDA: backward passes and eval-mode biases that work on the CPU.
+
+Import ``spconv`` through this module (``from sparse_lab.spconv_compat import spconv``) or call
+:func:`apply` before using it. Two gaps of spconv's CPU build are closed, once per process:
+
+1. Backward asks CUDA for the current stream even for CPU tensors
+   (``torch.cuda.current_stream().cuda_stream`` raises without a GPU). When CUDA is unavailable,
+   ``get_current_stream`` is replaced by a function returning 0 (the default stream, which the CPU
+   kernels ignore) in every ``spconv.pytorch`` module that bound the name: ``cppcore``, ``ops``,
+   ``hash`` and ``utils``.
+2. In eval mode spconv hands a convolution's bias to a fused kernel that exists only on CUDA
+   (``AssertionError: cpu don't support act and bias``). For CPU features with a bias and no fused
+   activation, :func:`SparseConvolution._conv_forward <spconv.pytorch.conv.SparseConvolution>` now runs
+   without the bias and adds it afterwards, exactly what training mode does. CUDA inputs take
+   spconv's own path unchanged.
+
+With CUDA present nothing about the stream is replaced; the bias wrapper only acts on CPU tensors.
+``apply`` is idempotent.
+
+Weight layout of this spconv build (2.3, ``ALL_WEIGHT_IS_KRSC``): ``[C_out, k_D, k_H, k_W, C_in]``;
+see :func:`weight_layout`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+
+import torch
+
+import spconv  # noqa: F401  (re-exported; `from sparse_lab.spconv_compat import spconv`)
+import spconv.pytorch  # noqa: F401
+
+PATCHED_MODULES = ("spconv.pytorch.cppcore", "spconv.pytorch.ops", "spconv.pytorch.hash", "spconv.pytorch.utils")
+_applied = False
+
+
+def cpu_stream() -> int:
+    """The stream handle for CPU kernels: 0 (they ignore it)."""
+    return 0
+
+
+def _patch_streams() -> list[str]:
+    patched = []
+    for name in PATCHED_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # a future spconv without this module
+            continue
+        if hasattr(module, "get_current_stream"):
+            module.get_current_stream = cpu_stream
+            patched.append(name)
+    return patched
+
+
+def _patch_cpu_bias() -> None:
+    from spconv.pytorch.conv import SparseConvolution
+    from spconv.pytorch.core import SparseConvTensor
+
+    original = SparseConvolution._conv_forward
+    if getattr(original, "_sparse_lab_cpu_bias", False):
+        return
+    @functools.wraps(original)
+    def _conv_forward(self, training, input, weight, bias, *args, **kwargs):
+        act_type = kwargs.get("act_type", getattr(self, "act_type", None))
+        if (
+            not training
+            and bias is not None
+            and isinstance(input, SparseConvTensor)
+            and not input.features.is_cuda
+            and not input.is_quantized
+            and act_type == _no_activation()
+        ):
+            out = original(self, training, input, weight, None, *args, **kwargs)
+            return out.replace_feature(out.features + bias)
+        return original(self, training, input, weight, bias, *args, **kwargs)
+
+    _conv_forward._sparse_lab_cpu_bias = True
+    SparseConvolution._conv_forward = _conv_forward
+
+
+def _no_activation():
+    import cumm.tensorview as tv
+
+    return tv.gemm.Activation.None_
+
+
+def apply() -> None:
+    """Make spconv's CPU build usable for training and evaluation (idempotent)."""
+    global _applied
+    if _applied:
+        return
+    if not torch.cuda.is_available():
+        _patch_streams()
+    _patch_cpu_bias()
+    _applied = True
+
+
+def weight_layout() -> str:
+    """Axis order of a sparse convolution's weight in this spconv build: ``"KRSC"`` = [C_out, *kernel, C_in]
+    or ``"RSKC"`` = [*kernel, C_out, C_in] / ``"RSCK"`` = [*kernel, C_in, C_out] (older native layout)."""
+    from spconv.pytorch import conv
+
+    if getattr(conv, "ALL_WEIGHT_IS_KRSC", True):
+        return "KRSC"
+    return "RSCK" if getattr(conv, "FILTER_HWIO", False) else "RSKC"
+
+
+def is_sparse_conv(module: torch.nn.Module) -> bool:
+    from spconv.pytorch.conv import SparseConvolution
+
+    return isinstance(module, SparseConvolution)
+
+
+apply()

@@ -1,0 +1,103 @@
+"""spconv's CPU build trains and evaluates through sparse_lab.spconv_compat: outputs and gradients of
+sparse convolutions match a dense Conv3d evaluated on the same active sites."""
+
+import importlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sparse_lab import spconv_compat
+from sparse_lab.spconv_compat import spconv  # noqa: F401
+import spconv.pytorch as sp
+
+SHAPE = (5, 5, 5)
+
+
+def tiny_cloud(seed=0, cin=2):
+    g = torch.Generator().manual_seed(seed)
+    # 2 samples, a handful of distinct active voxels each
+    coords = []
+    for b in range(2):
+        flat = torch.randperm(125, generator=g)[:7]
+        zyx = torch.stack([flat // 25, (flat // 5) % 5, flat % 5], 1)
+        coords.append(torch.cat([torch.full((7, 1), b), zyx], 1))
+    coords = torch.cat(coords).int()
+    feats = torch.randn(len(coords), cin, generator=g, dtype=torch.float64).float()
+    return feats, coords
+
+
+def to_dense(feats, coords, batch):
+    grid = torch.zeros(batch, feats.shape[1], *SHAPE)
+    b, z, y, x = coords.long().unbind(1)
+    grid[b, :, z, y, x] = feats
+    return grid
+
+
+def gather(grid, coords):
+    b, z, y, x = coords.long().unbind(1)
+    return grid[b, :, z, y, x]
+
+
+def dense_weight(conv):
+    assert spconv_compat.weight_layout() == "KRSC"
+    return conv.weight.permute(0, 4, 1, 2, 3)  # [C_out, C_in, kD, kH, kW]
+
+
+@pytest.mark.parametrize("kind", ["subm", "strided"])
+def test_forward_and_backward_match_dense_conv3d_on_active_sites(kind):
+    torch.manual_seed(0)
+    feats, coords = tiny_cloud()
+    if kind == "subm":
+        conv = sp.SubMConv3d(2, 3, 3, padding=1, bias=True)
+        stride = 1
+    else:
+        conv = sp.SparseConv3d(2, 3, 3, stride=2, padding=1, bias=True)
+        stride = 2
+    torch.nn.init.normal_(conv.bias)
+
+    sparse_in = feats.clone().requires_grad_(True)
+    out = conv(sp.SparseConvTensor(sparse_in, coords, list(SHAPE), 2))
+    upstream = torch.randn_like(out.features)
+    (out.features * upstream).sum().backward()
+
+    dense_in = to_dense(feats, coords, 2).requires_grad_(True)
+    w = dense_weight(conv).detach().clone().requires_grad_(True)
+    b = conv.bias.detach().clone().requires_grad_(True)
+    dense_out = F.conv3d(dense_in, w, b, stride=stride, padding=1)
+    assert list(dense_out.shape[2:]) == list(out.spatial_shape)
+    picked = gather(dense_out, out.indices)
+    (picked * upstream).sum().backward()
+
+    torch.testing.assert_close(out.features, picked, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sparse_in.grad, gather(dense_in.grad, coords), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(conv.weight.grad.permute(0, 4, 1, 2, 3), w.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(conv.bias.grad, b.grad, atol=1e-5, rtol=1e-5)
+    if kind == "strided":  # active outputs: exactly the sites that receive any input
+        touched = F.conv3d((dense_in.detach().abs().sum(1, keepdim=True) > 0).float(),
+                           torch.ones(1, 1, 3, 3, 3), stride=2, padding=1)
+        assert len(out.indices) == int((touched > 0).sum())
+
+
+def test_eval_mode_with_bias_runs_on_cpu_and_equals_training_mode():
+    torch.manual_seed(0)
+    feats, coords = tiny_cloud(1)
+    conv = sp.SubMConv3d(2, 4, 3, padding=1, bias=True)
+    torch.nn.init.normal_(conv.bias)
+    x = sp.SparseConvTensor(feats, coords, list(SHAPE), 2)
+    train_out = conv(x).features
+    conv.eval()
+    with torch.no_grad():
+        eval_out = conv(sp.SparseConvTensor(feats, coords, list(SHAPE), 2)).features
+    torch.testing.assert_close(eval_out, train_out.detach())
+
+
+def test_apply_is_idempotent_and_patches_streams_only_without_cuda():
+    wrapped = sp.conv.SparseConvolution._conv_forward
+    spconv_compat.apply()
+    spconv_compat._applied = False  # force a second real application
+    spconv_compat.apply()
+    assert sp.conv.SparseConvolution._conv_forward is wrapped  # not wrapped twice
+    for name in ("spconv.pytorch.cppcore", "spconv.pytorch.ops", "spconv.pytorch.hash"):
+        patched = importlib.import_module(name).get_current_stream is spconv_compat.cpu_stream
+        assert patched == (not torch.cuda.is_available())
