@@ -24,6 +24,7 @@ from sparse_lab.results import RunResults
 from sparse_lab.sparsity import build_method
 from sparse_lab.summary import print_summary
 from sparse_lab.tasks import build_task
+from sparse_lab.tasks.activations import ActivationSparsity
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +69,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         method.attach(model, seed=cfg.seed)
         task = build_task(info, model, options(cfg.model.optim, drop=()))
         loggers = build_loggers(cfg, run_dir, run_name=run_dir.name)
+        activations = ActivationSparsity()  # measured on the test set, hooks removed after each test
 
         for round_index in range(method.rounds):
             method.begin_round(round_index, task)
-            trainer = build_trainer(cfg, target.accelerator, [method], loggers, run_dir)
+            trainer = build_trainer(cfg, target.accelerator, [method, activations], loggers, run_dir)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", ".*does not have many workers.*")
                 trainer.fit(task, datamodule=datamodule)
@@ -82,10 +84,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         model = task.model  # a method may have rebuilt it (e.g. physically narrowed channels)
         example = move_data_to_device(datamodule.example_input(), task.device)
         hw_metrics, macs_table = target.profile(model, example)
-        metrics = {**test, **method.summary(), **hw_metrics}
+        metrics = {**test, **method.summary(), **activations.summary(), **hw_metrics}
         torch.save(model.state_dict(), run_dir / "final_model.pt")
         log_final(loggers, metrics, step=trainer.global_step)
-        results.update(metrics=metrics, sparsity=method.details(), layers=method.layer_table(), macs_by_layer=macs_table)
+        results.update(metrics=metrics, sparsity=method.details(), layers=method.layer_table(), macs_by_layer=macs_table,
+                       activations_by_layer=activations.table())
         results.finish("completed")
         print_summary(cfg, results.data)
         finish(loggers)

@@ -41,6 +41,7 @@ class RunResults:
             "sparsity": {},
             "layers": [],
             "macs_by_layer": [],
+            "activations_by_layer": [],
             "versions": package_versions(),
         }
         self.write()

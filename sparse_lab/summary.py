@@ -16,6 +16,8 @@ ROWS = [
     ("energy estimate (uJ)", "energy/uJ", "{:.2f}"),
     ("params (total / nonzero)", ("params/total", "params/nonzero"), "{:,} / {:,}"),
     ("latency, batch 1 (ms)", "latency/ms", "{:.2f}"),
+    ("zero activations (mean over layers)", "activations/mean_zero_fraction", "{:.1%}"),
+    ("zero deltas, temporal (mean over layers)", "activations/temporal_mean_zero_fraction", "{:.1%}"),
 ]
 
 

@@ -1,4 +1,5 @@
-"""MobileNetV2 (Sandler et al. 2018): inverted residuals with linear bottlenecks.
+"""MobileNetV1 (Howard et al. 2017): depthwise-separable convolutions; MobileNetV2 (Sandler et al.
+2018): inverted residuals with linear bottlenecks. Both take a width multiplier.
 
 For small inputs (``image_size <= 64``) the stem keeps stride 1, so a 32x32 image leaves the last
 stage at 2x2 instead of 1x1. (Also keeping the first stage at stride 1, the usual CIFAR variant,
@@ -23,11 +24,25 @@ def make_divisible(value: float, divisor: int = 8) -> int:
     return rounded + divisor if rounded < 0.9 * value else rounded
 
 
-def conv_bn_act(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
+def conv_bn_act(
+    cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True, relu6: bool = True
+) -> nn.Sequential:
     layers = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
     if act:
-        layers.append(nn.ReLU6(inplace=True))
+        layers.append(nn.ReLU6(inplace=True) if relu6 else nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
+
+
+def init_weights(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
 
 
 class InvertedResidual(nn.Module):
@@ -63,21 +78,61 @@ class MobileNetV2(nn.Module):
         self.features = nn.Sequential(*features)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(last, num_classes))
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.pool(self.features(x)).flatten(1))
+
+
+# MobileNetV1 body, Table 1 of the paper: (output channels, stride) of each depthwise-separable block.
+V1_BLOCKS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] * 5 + [(1024, 2), (1024, 1)]
+
+
+class DepthwiseSeparable(nn.Module):
+    """3x3 depthwise conv + BN + ReLU, then 1x1 pointwise conv + BN + ReLU.
+
+    The submodules are named ``dw`` and ``pw`` so recipes can select them by parameter name
+    (Fast Sparse ConvNets prunes only ``.pw.`` weights)."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.dw = conv_bn_act(cin, cin, 3, stride, groups=cin, relu6=False)
+        self.pw = conv_bn_act(cin, cout, 1, relu6=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pw(self.dw(x))
+
+
+class MobileNetV1(nn.Module):
+    input_modality = "image"
+
+    def __init__(self, num_classes: int, image_size: int, in_chans: int = 3, width_mult: float = 1.0, dropout: float = 0.0):
+        super().__init__()
+        if width_mult <= 0:
+            raise UserError(f"model.width_mult must be positive, got {width_mult}")
+        small_input = image_size <= 64
+        channels = make_divisible(32 * width_mult)
+        features = [conv_bn_act(in_chans, channels, 3, stride=1 if small_input else 2, relu6=False)]
+        for c, s in V1_BLOCKS:
+            cout = make_divisible(c * width_mult)
+            features.append(DepthwiseSeparable(channels, cout, s))
+            channels = cout
+        self.features = nn.Sequential(*features)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes))
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.features(x)).flatten(1))
+
+
+@MODELS.register("mobilenet_v1")
+def mobilenet_v1(num_classes: int, image_size: int, in_chans: int = 3, width_mult: float = 1.0, dropout: float = 0.0) -> MobileNetV1:
+    return MobileNetV1(num_classes, image_size, in_chans, width_mult, dropout)
+
+
+mobilenet_v1.input_modality = "image"
+mobilenet_v1.default_data = "digits"
 
 
 @MODELS.register("mobilenet_v2")

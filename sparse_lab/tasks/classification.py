@@ -51,6 +51,11 @@ class ClassificationTask(pl.LightningModule):
         train = split == "train"
         self.log(f"{split}/loss", loss, on_step=train, on_epoch=not train, prog_bar=train, batch_size=len(y))
         self.log(f"{split}/acc", acc, on_step=False, on_epoch=True, prog_bar=split == "val", batch_size=len(y))
+        # A model may add a training penalty of its own (e.g. the activation-sparsity L1 of Delta layers).
+        aux = self.model.auxiliary_loss() if train and hasattr(self.model, "auxiliary_loss") else None
+        if aux is not None:
+            self.log("train/aux_loss", aux, on_step=True, on_epoch=False, batch_size=len(y))
+            loss = loss + aux
         return loss
 
     def training_step(self, batch, batch_idx):

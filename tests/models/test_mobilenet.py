@@ -1,0 +1,35 @@
+import torch
+from omegaconf import OmegaConf
+
+from sparse_lab.cli import CONFIG_DIR
+
+from sparse_lab.hardware.macs import count_macs, parameter_counts
+from sparse_lab.models import build_model
+from sparse_lab.sparsity.prunable import prunable_parameters
+
+
+def test_mobilenet_v1_224_matches_published_size():
+    # Howard et al. 2017, Table 8: 1.0 MobileNet-224 has 569M mult-adds and 4.2M parameters.
+    model = build_model("mobilenet_v1", modality="image", num_classes=1000, image_size=224)
+    macs = sum(r.dense for r in count_macs(model, torch.zeros(1, 3, 224, 224)))
+    total, _ = parameter_counts(model)
+    assert 565e6 <= macs <= 573e6
+    assert 4.15e6 <= total <= 4.25e6
+
+
+def test_mobilenet_v1_small_input_stem_and_width_multiplier():
+    model = build_model("mobilenet_v1", modality="image", num_classes=10, image_size=32, width_mult=0.5)
+    assert model.features[0][0].stride == (1, 1)
+    assert model.features[-1].pw[0].out_channels == 512 and model.classifier[-1].in_features == 512
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    big = build_model("mobilenet_v1", modality="image", num_classes=10, image_size=224, width_mult=0.5)
+    assert big.features[0][0].stride == (2, 2)
+
+
+def test_fast_sparse_convnets_rule_selects_exactly_the_pointwise_convs():
+    cfg = OmegaConf.load(CONFIG_DIR / "experiment" / "fast_sparse_convnets.yaml")
+    model = build_model("mobilenet_v1", modality="image", num_classes=10, image_size=32)
+    chosen = prunable_parameters(model, cfg.sparsity.prune_first_layer, cfg.sparsity.prune_classifier, cfg.sparsity.exclude)
+    pointwise = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1)]
+    assert [p.name for p in chosen] == [f"{n}.weight" for n in pointwise] and len(chosen) == 13
+    assert {"override /model": "mobilenet_v1"} in cfg.defaults and cfg.sparsity.sparsity == 0.9
