@@ -5,6 +5,11 @@ class UserError(Exception):
     """Bad input: an unknown option, an impossible value, a missing dataset, a corrupt file."""
 
 
+class IncompatibleError(UserError):
+    """A combination the tool does not support by design (e.g. a method that needs structure a model
+    lacks); the test of every model x method skips these, so the message must say why."""
+
+
 def check_range(name: str, value: float, low: float, high: float, *, high_inclusive: bool = False) -> float:
     """Return ``value`` as a float if ``low <= value < high`` (or ``<= high``), else raise a UserError."""
     try:

@@ -40,25 +40,30 @@ class PatchEmbed(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int):
+    def __init__(self, dim: int, num_heads: int, head_dim: int | None = None):
         super().__init__()
-        if dim % num_heads:
+        if head_dim is None and dim % num_heads:
             raise UserError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+        self.head_dim = head_dim or dim // num_heads  # channel pruning may leave num_heads * head_dim < dim
+        inner = self.num_heads * self.head_dim
+        self.qkv = nn.Linear(dim, 3 * inner)
+        self.proj = nn.Linear(inner, dim)
+        # Optional learnable per-head gate (channel-pruning methods add one; None = no gate).
+        self.register_parameter("gate", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(b, n, d))
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        x = F.scaled_dot_product_attention(q, k, v)  # [B, heads, N, head_dim]
+        if self.gate is not None:
+            x = x * self.gate.view(1, -1, 1, 1)
+        return self.proj(x.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
 
-    @staticmethod
-    def extra_macs(inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
-        """MACs of the two attention matmuls per sample: Q·Kᵀ and A·V, each N·N·D over all heads."""
-        _, n, d = inputs[0].shape
-        return 2 * n * n * d
+    def extra_macs(self, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
+        """MACs of the two attention matmuls per sample: Q·Kᵀ and A·V, each N·N·(heads·head_dim)."""
+        n = inputs[0].shape[1]
+        return 2 * n * n * self.num_heads * self.head_dim
 
 
 class Mlp(nn.Module):
@@ -67,9 +72,12 @@ class Mlp(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
+        # Optional learnable per-hidden-unit gate (channel-pruning methods add one; None = no gate).
+        self.register_parameter("gate", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        h = self.act(self.fc1(x))
+        return self.fc2(h if self.gate is None else h * self.gate)
 
 
 class Block(nn.Module):

@@ -1,0 +1,273 @@
+"""MaskSparsity: pruning-aware sparse regularization (Jiang et al., "Pruning-aware Sparse
+Regularization for Network Pruning"; reference code CASIA-IVA-Lab/MaskSparsity).
+
+Network slimming puts an L1 penalty on *every* BatchNorm scaling factor γ, which also shrinks the
+channels that are kept. MaskSparsity first decides which channels to prune, then regularises only
+those: the subgradient λ·sign(γ) is added to their γ's gradient, so they go to ~0 while every other
+channel trains freely; the channels are then removed physically and the narrower network is
+fine-tuned.
+
+Two rounds (two full trainings, each with a fresh optimizer and schedule):
+
+- round 0: ``warmup_fraction`` of the round's optimizer steps train normally; then the channels are
+  chosen by |scale| rank (lowest first) until ``ratio`` of the model's MACs (``target: flops``) or of
+  the prunable channels (``target: channels``) is selected, keeping at least ``min_channels`` per
+  group; for the rest of the round λ·sign(scale) is added to the selected entries' gradient;
+- round 1: before training, the selected channels are removed (``task.model`` is replaced by a
+  narrower copy: smaller tensors, so parameters and MACs drop), then the model is fine-tuned.
+
+Which channels can go together is described by ``sparse_lab.sparsity.channels`` (BatchNorm chains in
+the MobileNets, with γ as the scale; per-head and per-hidden-unit gates in ViT/STViT blocks). Channels
+are ranked against channels of the same kind (BN channels, attention heads, MLP units), each kind's
+scales divided by their mean magnitude; with one kind (the MobileNets) that is the paper's global γ
+ranking.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from sparse_lab.errors import IncompatibleError, UserError, check_range
+from sparse_lab.hardware.macs import count_macs, parameter_counts
+from sparse_lab.sparsity.base import SparsityMethod
+from sparse_lab.sparsity.channels import ChannelGroup, channel_groups, complement
+from sparse_lab.sparsity.prunable import prunable_parameters
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("flops", "channels")
+
+
+def select_channels(
+    groups: list[ChannelGroup],
+    ratio: float,
+    target: str = "flops",
+    macs_per_channel: list[float] | None = None,
+    total_macs: float | None = None,
+    min_channels: int = 1,
+) -> dict[str, torch.Tensor]:
+    """Channels to prune per group (sorted index tensors), lowest normalised |scale| first.
+
+    ``target="channels"``: ``round(ratio · all channels)`` channels. ``target="flops"``: channels until
+    their MACs (``macs_per_channel`` per group, a first-order estimate) reach ``ratio · total_macs``."""
+    if target not in TARGETS:
+        raise UserError(f"unknown sparsity.target {target!r}; choose one of: {', '.join(TARGETS)}")
+    kinds: dict[str, list[torch.Tensor]] = {}
+    for g in groups:
+        kinds.setdefault(g.kind, []).append(g.scale.detach().abs().flatten().cpu())
+    mean = {k: float(torch.cat(v).mean()) or 1.0 for k, v in kinds.items()}
+    scores = torch.cat([g.scale.detach().abs().flatten().cpu() / mean[g.kind] for g in groups])
+    owner = torch.cat([torch.full((g.size,), i) for i, g in enumerate(groups)])
+    channel = torch.cat([torch.arange(g.size) for g in groups])
+    order = torch.argsort(scores, stable=True)  # ties: earlier group / lower index first
+
+    total_channels = sum(g.size for g in groups)
+    if target == "channels":
+        budget, cost = round(ratio * total_channels), [1.0] * len(groups)
+    else:
+        if macs_per_channel is None or total_macs is None:
+            raise ValueError("a FLOP target needs macs_per_channel and total_macs")
+        budget, cost = ratio * total_macs, macs_per_channel
+    remaining = [g.size for g in groups]
+    chosen: list[list[int]] = [[] for _ in groups]
+    spent = 0.0
+    for flat in order.tolist():
+        if spent >= budget - 1e-9:
+            break
+        i = int(owner[flat])
+        if remaining[i] - 1 < min_channels:
+            continue
+        chosen[i].append(int(channel[flat]))
+        remaining[i] -= 1
+        spent += cost[i]
+    if spent < budget - 1e-9:
+        log.warning("masksparsity: only %.3g of the %.3g %s asked for can be removed (min_channels=%d per group)",
+                    spent, budget, "MACs" if target == "flops" else "channels", min_channels)
+    return {g.name: torch.tensor(sorted(c), dtype=torch.long) for g, c in zip(groups, chosen)}
+
+
+class MaskSparsity(SparsityMethod):
+    name = "masksparsity"
+    rounds = 2  # round 0: warm-up + pruning-aware regularisation; round 1: physical removal + fine-tuning
+
+    def __init__(
+        self,
+        ratio: float = 0.5,
+        target: str = "flops",
+        lam: float = 5e-4,
+        warmup_fraction: float = 0.25,
+        min_channels: int = 1,
+        threshold: float = 1e-2,
+        prune_first_layer: bool = False,
+        prune_classifier: bool = False,
+        exclude: list[str] | tuple[str, ...] = (),
+        **kwargs,
+    ):
+        kwargs.pop("sparsity", None)
+        super().__init__(sparsity=0.0, prune_first_layer=prune_first_layer, prune_classifier=prune_classifier, exclude=exclude, **kwargs)
+        self.ratio = check_range("sparsity.ratio", ratio, 0.0, 1.0)
+        if target not in TARGETS:
+            raise UserError(f"unknown sparsity.target {target!r}; choose one of: {', '.join(TARGETS)}")
+        self.target = target
+        if lam < 0:
+            raise UserError(f"sparsity.lam must be >= 0, got {lam}")
+        self.lam = float(lam)
+        self.warmup_fraction = check_range("sparsity.warmup_fraction", warmup_fraction, 0.0, 1.0)
+        if min_channels < 1:
+            raise UserError(f"sparsity.min_channels must be >= 1, got {min_channels}")
+        self.min_channels, self.threshold = int(min_channels), float(threshold)
+        self.groups: list[ChannelGroup] = []
+        self.selected: dict[str, torch.Tensor] = {}  # group name -> channel indices chosen for pruning
+        self.round = 0
+        self.pruned = False
+        self._warmup_steps = 0
+        self._example: torch.Tensor | None = None
+        self._selected_pairs: list[tuple[nn.Parameter, torch.Tensor]] = []
+        self.stats: dict = {}
+
+    # -- set-up -------------------------------------------------------------------------------
+    def attach(self, model: nn.Module, seed: int = 0) -> None:
+        self.groups = channel_groups(model, add_gates=True)
+        if not self.groups:
+            raise IncompatibleError(
+                f"masksparsity: {type(model).__name__} offers no prunable channel groups "
+                "(supported: MobileNetV1/V2 BatchNorm chains, ViT/STViT attention heads and MLP units)"
+            )
+        super().attach(model, seed)
+        self.stats["channels_before"] = self._channel_counts(self.groups)
+
+    @staticmethod
+    def _channel_counts(groups: list[ChannelGroup]) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for g in groups:
+            counts[g.kind] = counts.get(g.kind, 0) + g.size
+        return counts
+
+    # -- round 0: choose, then regularise -----------------------------------------------------
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.round == 0:
+            self._warmup_steps = round(self.warmup_fraction * int(trainer.estimated_stepping_batches))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.round == 0 and not self.selected and trainer.global_step >= self._warmup_steps:
+            self.select(pl_module.model, self._example_input(trainer, batch, pl_module.device))
+
+    def _example_input(self, trainer: pl.Trainer, batch, device) -> torch.Tensor:
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "example_input"):
+            example = datamodule.example_input()
+        else:
+            example = (batch[0] if isinstance(batch, (tuple, list)) else batch)[:1]
+        return example.to(device)
+
+    def select(self, model: nn.Module, example: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Choose the channels to prune from the current scales (the end of the warm-up)."""
+        macs_per_channel = total = None
+        if example is not None:
+            self._example = example.detach()
+            rows = {r.name: r.dense for r in count_macs(model, example)}
+            total = sum(rows.values())
+            macs_per_channel = [sum(rows.get(n, 0) for n in g.layers) / g.size for g in self.groups]
+            self.stats["macs_before"] = total
+        elif self.target == "flops":
+            raise ValueError("a FLOP target needs an example input to count MACs")
+        self.selected = select_channels(self.groups, self.ratio, self.target, macs_per_channel, total, self.min_channels)
+        if macs_per_channel is not None:
+            self.stats["macs_selected_estimate"] = sum(len(self.selected[g.name]) * c for g, c in zip(self.groups, macs_per_channel))
+        self._index_selected()
+        return self.selected
+
+    def _index_selected(self) -> None:
+        self._selected_pairs = [(g.scale, self.selected[g.name].to(g.scale.device)) for g in self.groups if len(self.selected[g.name])]
+
+    @torch.no_grad()
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if self.round != 0 or not self.selected or self.lam == 0:
+            return
+        for scale, idx in self._selected_pairs:
+            if scale.grad is None:
+                scale.grad = torch.zeros_like(scale)
+            scale.grad.index_add_(0, idx, self.lam * torch.sign(scale.index_select(0, idx)))
+
+    def selected_scales(self) -> torch.Tensor:
+        values = [g.scale.detach().index_select(0, self.selected[g.name].to(g.scale.device)).abs().cpu() for g in self.groups]
+        return torch.cat(values) if values else torch.zeros(0)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self.round == 0 and self.selected and self.selected_scales().numel():
+            pl_module.log("masksparsity/selected_scale_max", float(self.selected_scales().max()), sync_dist=False)
+
+    # -- round 1: physical removal ------------------------------------------------------------
+    def begin_round(self, index: int, task: pl.LightningModule) -> None:
+        self.round = index
+        if index == 1 and not self.pruned:
+            if not self.selected:  # round 0 ended before the warm-up did: choose from the scales now
+                self.select(task.model, self._example)
+            task.model = self.prune(task.model)
+
+    def prune(self, model: nn.Module) -> nn.Module:
+        """A narrower copy of ``model`` without the selected channels (gates folded away)."""
+        scales = self.selected_scales()
+        self.stats["selected_scale_max"] = float(scales.max()) if scales.numel() else 0.0
+        self.stats["selected_below_threshold"] = int((scales < self.threshold).sum())
+        self.stats["params_before"] = parameter_counts(model)[0]
+        narrow = copy.deepcopy(model)
+        groups = channel_groups(narrow)
+        for g in groups:
+            g.keep(complement(self.selected[g.name], g.size))
+        self.stats["params_after"] = parameter_counts(narrow)[0]
+        if self._example is not None:
+            self.stats["macs_after"] = sum(r.dense for r in count_macs(narrow, self._example.to(next(narrow.parameters()).device)))
+        self.stats["channels_after"] = {
+            kind: n - sum(len(self.selected[g.name]) for g in self.groups if g.kind == kind)
+            for kind, n in self.stats["channels_before"].items()
+        }
+        self.groups = []
+        self.pruned = True
+        # The method's prunable weights and layer table now describe the narrow model.
+        self.params = prunable_parameters(narrow, self.prune_first_layer, self.prune_classifier, self.exclude)
+        self.target_densities = [1.0] * len(self.params)
+        self.set_masks({})
+        log.info("masksparsity: removed %s channels; parameters %d -> %d", self.stats["channels_before"], self.stats["params_before"], self.stats["params_after"])
+        return narrow
+
+    # -- reporting ----------------------------------------------------------------------------
+    def removed_channel_fraction(self) -> float:
+        total = sum(self.stats["channels_before"].values())
+        return sum(len(v) for v in self.selected.values()) / total if total and self.selected else 0.0
+
+    def summary(self) -> dict:
+        out = {**super().summary(), "channels/removed_fraction": self.removed_channel_fraction()}
+        if "params_after" in self.stats:
+            out["params/removed_fraction"] = 1.0 - self.stats["params_after"] / self.stats["params_before"]
+        if "macs_after" in self.stats and self.stats.get("macs_before"):
+            out["macs/removed_fraction"] = 1.0 - self.stats["macs_after"] / self.stats["macs_before"]
+        return out
+
+    def details(self) -> dict:
+        return {
+            "method": self.name,
+            "target": self.target,
+            "ratio": self.ratio,
+            "lam": self.lam,
+            "warmup_fraction": self.warmup_fraction,
+            "pruned": self.pruned,
+            **self.stats,
+            "removed_per_group": {name: len(idx) for name, idx in self.selected.items()},
+        }
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "selected": {k: v.cpu() for k, v in self.selected.items()}, "round": self.round, "pruned": self.pruned}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self.selected = dict(state_dict.get("selected", {}))
+        self.round, self.pruned = state_dict.get("round", 0), state_dict.get("pruned", False)
+        if self.selected and self.groups:
+            self._index_selected()
