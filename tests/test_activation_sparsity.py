@@ -61,3 +61,19 @@ def test_callback_measures_during_test_only_and_leaves_no_hooks(tmp_path):
     rows = {r["name"]: r for r in callback.table()}
     assert rows["relu"]["total"] == 12 * 2 * 2  # every test element, once
     assert 0 < callback.summary()["activations/mean_zero_fraction"] < 1
+
+
+def test_a_failing_test_pass_leaves_no_hooks(tmp_path):
+    class Failing(Net):
+        def forward(self, x):
+            super().forward(x)
+            raise RuntimeError("boom")
+
+    net = Failing()
+    task = ClassificationTask(net, num_classes=2, optimizer={"name": "adamw", "lr": 1e-3}, schedule="constant")
+    data = DataLoader(TensorDataset(torch.randn(4, 2, 2), torch.randint(0, 2, (4,))), batch_size=4)
+    trainer = pl.Trainer(callbacks=[ActivationSparsity()], logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path)
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.test(task, data, verbose=False)
+    assert hooks(net) == 0

@@ -103,7 +103,7 @@ class DeltaCNN(nn.Module):
         image_size: int,
         in_chans: int = 1,
         num_frames: int = 8,
-        channels: tuple[int, ...] = (16, 32, 64, 64),
+        channels: tuple[int, ...] = (8, 16, 32, 32),
         delta: bool = True,
         delta_step: float = 0.125,
         delta_penalty: float = 0.1,

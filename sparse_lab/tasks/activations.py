@@ -126,6 +126,10 @@ class ActivationSparsity(pl.Callback):
         if self.monitor is not None:
             self.monitor.stop()
 
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self.monitor is not None:  # a failed or interrupted test leaves no hooks behind
+            self.monitor.stop()
+
     def summary(self) -> dict:
         return self.monitor.summary() if self.monitor else {}
 

@@ -1,11 +1,8 @@
 import torch
-from omegaconf import OmegaConf
-
-from sparse_lab.cli import CONFIG_DIR
 
 from sparse_lab.hardware.macs import count_macs, parameter_counts
 from sparse_lab.models import build_model
-from sparse_lab.sparsity.prunable import prunable_parameters
+from sparse_lab.sparsity import build_method
 
 
 def test_mobilenet_v1_224_matches_published_size():
@@ -26,10 +23,12 @@ def test_mobilenet_v1_small_input_stem_and_width_multiplier():
     assert big.features[0][0].stride == (2, 2)
 
 
-def test_fast_sparse_convnets_rule_selects_exactly_the_pointwise_convs():
-    cfg = OmegaConf.load(CONFIG_DIR / "experiment" / "fast_sparse_convnets.yaml")
+def test_fast_sparse_convnets_prunes_exactly_the_pointwise_convs(make_cfg):
+    cfg = make_cfg("experiment=fast_sparse_convnets")
+    assert cfg.model.name == "mobilenet_v1" and cfg.sparsity.name == "gmp" and cfg.sparsity.sparsity == 0.9
     model = build_model("mobilenet_v1", modality="image", num_classes=10, image_size=32)
-    chosen = prunable_parameters(model, cfg.sparsity.prune_first_layer, cfg.sparsity.prune_classifier, cfg.sparsity.exclude)
+    method = build_method("gmp", **{k: v for k, v in cfg.sparsity.items() if k != "name"})
+    method.attach(model)
     pointwise = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1)]
-    assert [p.name for p in chosen] == [f"{n}.weight" for n in pointwise] and len(chosen) == 13
-    assert {"override /model": "mobilenet_v1"} in cfg.defaults and cfg.sparsity.sparsity == 0.9
+    assert [p.name for p in method.params] == [f"{n}.weight" for n in pointwise] and len(pointwise) == 13
+    assert all(".pw." in p.name for p in method.params)
