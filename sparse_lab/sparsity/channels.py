@@ -16,9 +16,10 @@ Groups a model offers, found by :func:`channel_groups`:
   The scale is the γ of the last BN of the chain: with that γ at zero the channel's output is the
   constant act(β), which surgery folds into the consumer's bias or the next BN's running mean, so a
   narrowed model computes exactly what the model with those γ zeroed computes (eval mode).
-  MobileNetV2: the expanded hidden channels of every inverted residual (and the stem's outputs, which
-  feed only the first block's depthwise conv when that block has no expansion and no residual).
-  Channels joined by a residual addition (the blocks' outputs) are left alone.
+  MobileNetV2: the expanded hidden channels of every inverted residual, the stem's outputs (they
+  feed only the first block's depthwise conv when that block has no expansion and no residual) and
+  the last 1x1 conv's outputs (through pooling into the classifier). Channels joined by a residual
+  addition (the blocks' outputs) are left alone.
 - ViT ``Attention`` (per head: its q, k, v rows of ``qkv`` and its columns of ``proj``) and ``Mlp``
   (per hidden unit: a row of ``fc1``, a column of ``fc2``), anywhere in a model (so STViT's blocks are
   covered too). These have no BatchNorm; a learnable gate (initialised to 1) multiplies each head's
@@ -164,7 +165,18 @@ def mobilenet_v2_groups(model: nn.Module, prefix: str = "") -> list[ChannelGroup
             groups.append(
                 bn_chain_group(b, (f"{b}.0.0", f"{b}.1.0", f"{b}.2.0"), block.conv[0], block.conv[1], block.conv[2][0], block.conv[2][1])
             )
+    last = len(features) - 1
+    linear = _single_linear(model, prefix)
+    if not isinstance(features[last], InvertedResidual) and linear is not None:
+        # The last 1x1 conv's outputs go through pooling (and dropout) into the classifier only.
+        groups.append(bn_chain_group(f"{p}.{last}", (f"{p}.{last}.0", None, linear[0]), features[last], None, linear[1]))
     return groups
+
+
+def _single_linear(model: nn.Module, prefix: str) -> tuple[str, nn.Linear] | None:
+    """The classifier's one Linear layer (name relative to the model), if it has exactly one."""
+    linear = [(n, m) for n, m in model.classifier.named_modules() if isinstance(m, nn.Linear)]
+    return (f"{prefix}classifier.{linear[0][0]}", linear[0][1]) if len(linear) == 1 else None
 
 
 def mobilenet_v1_groups(model: nn.Module, prefix: str = "") -> list[ChannelGroup]:
@@ -179,11 +191,8 @@ def mobilenet_v1_groups(model: nn.Module, prefix: str = "") -> list[ChannelGroup
             nxt = features[i + 1]
             names = (f"{name}.0", f"{p}.{i + 1}.dw.0", f"{p}.{i + 1}.pw.0")
             groups.append(bn_chain_group(name, names, producer, nxt.dw, nxt.pw[0], nxt.pw[1]))
-        else:
-            linear = [(n, m) for n, m in model.classifier.named_modules() if isinstance(m, nn.Linear)]
-            if len(linear) == 1:
-                cname = f"{prefix}classifier.{linear[0][0]}"
-                groups.append(bn_chain_group(name, (f"{name}.0", None, cname), producer, None, linear[0][1]))
+        elif (linear := _single_linear(model, prefix)) is not None:
+            groups.append(bn_chain_group(name, (f"{name}.0", None, linear[0]), producer, None, linear[1]))
     return groups
 
 
