@@ -12,6 +12,7 @@ from sparse_lab.registry import Registry
 DATASETS: Registry[pl.LightningDataModule] = Registry("dataset")
 
 from sparse_lab.data import cifar10, digits, imagefolder, moving_digits  # noqa: E402,F401
+from sparse_lab.data import modelnet40, shapes3d  # noqa: E402,F401
 
 
 def build_datamodule(name: str, **kwargs) -> pl.LightningDataModule:

@@ -1,9 +1,11 @@
 """Multiply-accumulate counting per sample, by forward hooks on one example input.
 
-Counted: convolutions (``out_elements · C_in/groups · k``), linear layers (``out_elements · in``), and
-any module that defines ``extra_macs(inputs, output)`` (attention matmuls, sparse convolutions), which
-is how computation hidden inside a fused op is made visible. *Effective* MACs skip multiplications by
-zero weights: a layer's dense MACs times its weight density. FLOPs are twice MACs; we report MACs.
+Counted: convolutions (``out_elements · C_in/groups · k``), linear layers (``out_elements · in``), spconv
+sparse convolutions (``active pairs · C_in · C_out``, see ``sparse_conv.py``), and any module that
+defines ``extra_macs(inputs, output)`` (attention matmuls), which is how computation hidden inside a
+fused op is made visible. *Effective* MACs skip multiplications by zero weights: a layer's dense MACs
+times its weight density (sparse convolutions: pairs per kernel offset times that offset's nonzeros).
+FLOPs are twice MACs; we report MACs.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from sparse_lab.hardware.sparse_conv import is_sparse_conv, sparse_conv_macs
 
 
 @dataclass
@@ -40,6 +44,10 @@ def count_macs(model: nn.Module, example_input) -> list[LayerMacs]:
 
     def make_hook(name: str):
         def hook(module, inputs, output):
+            if is_sparse_conv(module):  # exact per kernel offset: zero weights skipped where they are
+                dense, effective = sparse_conv_macs(module, inputs[0], output)
+                rows.append(LayerMacs(name, type(module).__name__, dense, effective, f"{name}.weight"))
+                return
             dense = _weight_layer_macs(module, output)
             if dense is not None:
                 weight = module.weight
@@ -66,7 +74,8 @@ def count_macs(model: nn.Module, example_input) -> list[LayerMacs]:
 
 
 def _is_counted(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) or hasattr(module, "extra_macs")
+    return (isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) or hasattr(module, "extra_macs")
+            or is_sparse_conv(module))
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:

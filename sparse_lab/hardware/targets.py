@@ -59,3 +59,6 @@ def ideal(**kwargs) -> HardwareTarget:
 
 def build_target(name: str, **kwargs) -> HardwareTarget:
     return TARGETS.build(name, **kwargs)
+
+
+from sparse_lab.hardware import neuromorphic  # noqa: E402,F401  (registers the neuromorphic target)

@@ -39,7 +39,8 @@ class ClassificationTask(pl.LightningModule):
             {split: MulticlassAccuracy(num_classes, average="micro") for split in ("train_acc", "val_acc", "test_acc")}
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x) -> torch.Tensor:
+        """``x`` is whatever the model takes: an image tensor, a voxelized point-cloud batch, ..."""
         return self.model(x)
 
     def _step(self, batch, split: str) -> torch.Tensor:
@@ -66,6 +67,13 @@ class ClassificationTask(pl.LightningModule):
 
     def test_step(self, batch, batch_idx):
         self._step(batch, "test")
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """Spiking models also log spike rates, synaptic operations and energy on the test set."""
+        from sparse_lab.hardware.sops import SpikeStats, has_spiking_layers
+
+        testing = self._trainer is not None and self.trainer.testing  # measured during test only
+        return [SpikeStats()] if testing and has_spiking_layers(self.model) else []
 
     def configure_optimizers(self):
         cfg = dict(self.optimizer_cfg)

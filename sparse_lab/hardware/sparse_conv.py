@@ -1,0 +1,135 @@
+"""What a spconv sparse convolution computes: its active input-output pairs, MACs and synaptic operations.
+
+A sparse convolution multiplies a ``C_in`` feature vector by a ``C_in x C_out`` weight slice once per
+*active pair* (input site, kernel offset, output site), so
+
+    MACs = pairs x C_in x C_out        (FLOPs = 2 x MACs; we report MACs)
+
+and, when its inputs are spikes (integer spike counts ``s``), a synaptic operation is one spike
+reaching one target neuron:
+
+    SOPs = sum over pairs and input channels of s x C_out   (each spike value counts as that many events).
+
+Pairs are enumerated from the active sites with the convolution's own geometry (kernel, stride,
+padding, dilation; submanifold / regular / transposed / inverse), using the cross-correlation
+convention of ``torch.nn.functional.conv3d`` (which spconv follows, see tests/test_spconv_compat.py):
+output ``o`` reads input ``i = o * stride - padding + k * dilation``. This does not depend on how a
+spconv version stores its index pairs (the 2.x CPU build keeps only half of a submanifold kernel).
+*Effective* counts skip zero weights exactly, per kernel offset and channel.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def is_sparse_conv(module: nn.Module) -> bool:
+    """A spconv SparseConvolution (recognised without importing spconv unless the module is one)."""
+    if not type(module).__module__.startswith("spconv."):
+        return False
+    from spconv.pytorch.conv import SparseConvolution
+
+    return isinstance(module, SparseConvolution)
+
+
+def kernel_major_weight(module: nn.Module) -> torch.Tensor:
+    """The weight as ``[K, C_out, C_in]`` with ``K = prod(kernel_size)`` in (k_D, k_H, k_W) order."""
+    from sparse_lab.spconv_compat import weight_layout
+
+    w = module.weight
+    kvol = w.numel() // (module.in_channels * module.out_channels)
+    layout = weight_layout() if getattr(module, "algo", None) is None or module.algo.name == "Native" else "KRSC"
+    if layout == "KRSC":  # [C_out, *kernel, C_in]
+        return w.reshape(module.out_channels, kvol, module.in_channels).transpose(0, 1)
+    if layout == "RSKC":  # [*kernel, C_out, C_in]
+        return w.reshape(kvol, module.out_channels, module.in_channels)
+    return w.reshape(kvol, module.in_channels, module.out_channels).transpose(1, 2)  # RSCK
+
+
+def _keys(indices: torch.Tensor, shape: list[int]) -> torch.Tensor:
+    b, z, y, x = indices.long().unbind(1)
+    return ((b * shape[0] + z) * shape[1] + y) * shape[2] + x
+
+
+def _offsets(kernel_size, device) -> torch.Tensor:
+    grids = torch.meshgrid(*[torch.arange(k, device=device) for k in kernel_size], indexing="ij")
+    return torch.stack([g.reshape(-1) for g in grids], 1)  # [K, 3]
+
+
+def _member(query_keys: torch.Tensor, sorted_keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(found mask, position in sorted_keys) for each query key."""
+    pos = torch.searchsorted(sorted_keys, query_keys).clamp_(max=max(len(sorted_keys) - 1, 0))
+    found = sorted_keys[pos] == query_keys if len(sorted_keys) else torch.zeros_like(query_keys, dtype=torch.bool)
+    return found, pos
+
+
+@torch.no_grad()
+def pair_mask(module: nn.Module, inp, out) -> torch.Tensor:
+    """``[K, N_in]`` bool: input site ``n`` is paired with some output site through kernel offset ``k``.
+
+    In every sparse convolution an (input site, offset) determines at most one output site, so the
+    number of ``True`` entries is the number of active pairs.
+    """
+    if len(inp.indices.shape) != 2 or inp.indices.shape[1] != 4:
+        raise NotImplementedError("pair counting supports 3D sparse convolutions (indices [N, 4])")
+    ind = inp.indices.long()
+    device = ind.device
+    st = torch.as_tensor(module.stride, device=device)
+    pad = torch.as_tensor(module.padding, device=device)
+    dil = torch.as_tensor(module.dilation, device=device)
+    offsets = _offsets(module.kernel_size, device)  # [K, 3]
+    zyx = ind[:, 1:]  # [N, 3]
+    if getattr(module, "inverse", False):
+        # Inverse of a regular conv: this layer's output sites are that conv's inputs (fine), its input
+        # sites that conv's outputs (coarse); pairs are the same, seen from the other side.
+        fine = out.indices.long()
+        num = fine[None, :, 1:] + pad - offsets[:, None, :] * dil  # [K, N_out, 3]
+        valid = (num % st == 0).all(-1)
+        coarse = num.div(st, rounding_mode="floor")
+        keys = _keys(torch.cat([fine[None, :, :1].expand(len(offsets), -1, -1).reshape(-1, 1),
+                                coarse.reshape(-1, 3)], 1), list(inp.spatial_shape))
+        order = torch.argsort(_keys(ind, list(inp.spatial_shape)))
+        found, pos = _member(keys, _keys(ind, list(inp.spatial_shape))[order])
+        hit = valid.reshape(-1) & found
+        mask = torch.zeros(len(offsets), len(ind), dtype=torch.bool, device=device)
+        k_index = torch.arange(len(offsets), device=device).repeat_interleave(len(fine))
+        mask[k_index[hit], order[pos[hit]]] = True
+        return mask
+    if getattr(module, "transposed", False):
+        o = zyx[None] * st - pad + offsets[:, None, :] * dil  # [K, N, 3]
+        shape = torch.as_tensor(list(out.spatial_shape), device=device)
+        return ((o >= 0) & (o < shape)).all(-1)
+    num = zyx[None] + pad - offsets[:, None, :] * dil  # o * stride, [K, N, 3]
+    o = num.div(st, rounding_mode="floor")
+    out_shape = torch.as_tensor(list(out.spatial_shape), device=device)
+    valid = (num % st == 0).all(-1) & (o >= 0).all(-1) & (o < out_shape).all(-1)
+    if not module.subm:
+        return valid
+    # Submanifold: the output site must itself be active (outputs = inputs).
+    sorted_keys, _ = torch.sort(_keys(ind, list(inp.spatial_shape)))
+    batch = ind[None, :, 0].expand(len(offsets), -1).reshape(-1, 1)
+    found, _ = _member(_keys(torch.cat([batch, o.reshape(-1, 3)], 1), list(inp.spatial_shape)), sorted_keys)
+    return valid & found.reshape(valid.shape)
+
+
+@torch.no_grad()
+def sparse_conv_macs(module: nn.Module, inp, out) -> tuple[int, int]:
+    """(dense, effective) MACs: pairs x C_in x C_out, and the same skipping zero weights per offset."""
+    pairs_per_offset = pair_mask(module, inp, out).sum(1).to(torch.float64)  # [K]
+    dense = int(pairs_per_offset.sum().item()) * module.in_channels * module.out_channels
+    nonzero = (kernel_major_weight(module) != 0).sum((1, 2)).to(torch.float64)  # [K]
+    return dense, int((pairs_per_offset * nonzero).sum().item())
+
+
+@torch.no_grad()
+def sparse_conv_sops(module: nn.Module, inp, out) -> tuple[float, float]:
+    """(dense-weight, effective) synaptic operations of a sparse conv whose input features are spikes.
+
+    ``S[k, c]`` = spikes of channel ``c`` summed over the input sites paired at offset ``k``; each
+    reaches ``C_out`` neurons (dense) or the ``C_out`` with a nonzero weight (effective).
+    """
+    mask = pair_mask(module, inp, out).to(inp.features.dtype)  # [K, N]
+    spikes = mask @ inp.features.detach()  # [K, C_in]
+    fan_out = (kernel_major_weight(module) != 0).sum(1).to(spikes.dtype)  # [K, C_in]
+    return float(spikes.sum()) * module.out_channels, float((spikes * fan_out).sum())

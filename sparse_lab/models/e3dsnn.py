@@ -1,0 +1,179 @@
+"""E-3DSNN (Qiu et al. 2024, "Efficient 3D Recognition with Event-driven Spike Sparse Convolution").
+
+A spiking sparse CNN for voxelized point clouds, on spconv:
+
+- **Integer spiking neuron** (I-LIF style, one timestep T=1, D integer levels): the spike count is
+  ``s = floor(clip(u, 0, D) + 0.5)`` of the membrane input ``u``; training passes the gradient
+  straight through where ``0 < u < D`` (zero elsewhere). With T=1 there is no membrane state to carry.
+- **Spike Voxel Coding** (stem): three submanifold 3x3x3 sparse convolutions with BatchNorm, spiking
+  neurons between them; the first convolution reads the real-valued voxel features (these are the
+  model's only multiply-accumulates apart from the classifier), every later one reads spikes.
+- **Spike Sparse Convolution stages**: each stage starts with spikes -> a strided 2x2x2 sparse
+  convolution (halves the grid) -> BatchNorm, followed by ``depth`` residual blocks of three
+  submanifold 3x3x3 convolutions, each ``spike -> SubMConv3d -> BN`` (the first added to the block
+  input, the next two added to that). Convolutions that read spikes only accumulate: their cost is
+  counted in synaptic operations (SOPs), see ``sparse_lab/hardware/sops.py``.
+- **Head**: spikes -> mean over the active sites of each cloud -> Linear.
+
+Sparse convolutions have ``bias=False`` (BatchNorm follows each), which also keeps them clear of
+spconv's CUDA-only fused bias in eval mode. Every convolution that reads spikes is marked
+``spike_input = True``.
+
+Presets: ``paper_t`` is the paper's smallest model (embedding 16, channels [16, 32, 64, 128], one
+block per stage: 1.87M parameters with 40 classes, as E-3DSNN-T); ``small`` (default) is sized for
+2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sparse_lab.data.points import VoxelBatch
+from sparse_lab.errors import UserError
+from sparse_lab.models import MODELS
+from sparse_lab.models.presets import resolve_preset
+from sparse_lab.spconv_compat import spconv  # noqa: F401  (CPU backward + eval bias)
+
+import spconv.pytorch as sp  # noqa: E402
+
+PRESETS = {
+    # The paper's smallest model (E-3DSNN-T): 1.87M parameters (40 classes, 4 input features).
+    "paper_t": dict(embed_dim=16, channels=[16, 32, 64, 128], depths=[1, 1, 1, 1]),
+    # Sized for 2 CPU cores on shapes3d's 32^3 grid: ~0.21M parameters.
+    "small": dict(embed_dim=16, channels=[16, 32, 48, 64], depths=[1, 1, 1, 1]),
+}
+
+
+class MultiSpike(torch.autograd.Function):
+    """Integer spike count with a straight-through gradient inside (0, D)."""
+
+    @staticmethod
+    def forward(ctx, u: torch.Tensor, levels: int) -> torch.Tensor:
+        ctx.save_for_backward(u)
+        ctx.levels = levels
+        return torch.floor(torch.clamp(u, 0, levels) + 0.5)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (u,) = ctx.saved_tensors
+        return grad * ((u > 0) & (u < ctx.levels)).to(grad.dtype), None
+
+
+class IntegerLIF(nn.Module):
+    """Integer-valued spiking neuron, T=1, ``levels`` = D (spike counts 0..D)."""
+
+    activation_kind = "spikes"  # read by sparse_lab.tasks.activations and sparse_lab.hardware.sops
+
+    def __init__(self, levels: int = 4):
+        super().__init__()
+        if int(levels) < 1:
+            raise UserError(f"model.levels must be at least 1, got {levels}")
+        self.levels = int(levels)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return MultiSpike.apply(u, self.levels)
+
+    def activation_zeros(self, inputs, output: torch.Tensor) -> tuple[int, int]:
+        return int((output == 0).sum()), output.numel()
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels}"
+
+
+def _features(fn, x: sp.SparseConvTensor) -> sp.SparseConvTensor:
+    return x.replace_feature(fn(x.features))
+
+
+class SpikeConvBN(nn.Module):
+    """``[spike ->] sparse conv -> BatchNorm`` on a SparseConvTensor."""
+
+    def __init__(self, cin: int, cout: int, *, kind: str, indice_key: str, levels: int, spike_in: bool = True):
+        super().__init__()
+        self.spike = IntegerLIF(levels) if spike_in else None
+        if kind == "subm":
+            self.conv = sp.SubMConv3d(cin, cout, 3, padding=1, bias=False, indice_key=indice_key)
+        else:  # "down": 2x2x2, stride 2
+            self.conv = sp.SparseConv3d(cin, cout, 2, stride=2, bias=False, indice_key=indice_key)
+        self.conv.spike_input = spike_in
+        self.bn = nn.BatchNorm1d(cout, eps=1e-3)  # momentum 0.1: our runs are short (the reference: 0.01)
+
+    def forward(self, x: sp.SparseConvTensor) -> sp.SparseConvTensor:
+        if self.spike is not None:
+            x = _features(self.spike, x)
+        return _features(self.bn, self.conv(x))
+
+
+class SpikeBlock(nn.Module):
+    """Residual Spike Sparse Convolution block: three spike -> SubMConv3d -> BN units."""
+
+    def __init__(self, channels: int, indice_key: str, levels: int):
+        super().__init__()
+        self.unit1 = SpikeConvBN(channels, channels, kind="subm", indice_key=indice_key, levels=levels)
+        self.unit2 = SpikeConvBN(channels, channels, kind="subm", indice_key=indice_key, levels=levels)
+        self.unit3 = SpikeConvBN(channels, channels, kind="subm", indice_key=indice_key, levels=levels)
+
+    def forward(self, x: sp.SparseConvTensor) -> sp.SparseConvTensor:
+        x = x.replace_feature(self.unit1(x).features + x.features)
+        return x.replace_feature(self.unit3(self.unit2(x)).features + x.features)
+
+
+class E3DSNN(nn.Module):
+    input_modality = "point_cloud"
+    default_data = "shapes3d"
+
+    def __init__(self, num_classes: int, in_chans: int, grid_size: int, embed_dim: int, channels: list[int],
+                 depths: list[int], levels: int = 4):
+        super().__init__()
+        channels, depths = [int(c) for c in channels], [int(d) for d in depths]
+        if len(channels) != len(depths) or not channels:
+            raise UserError(f"model.channels and model.depths need the same nonzero length, got {channels} and {depths}")
+        if min(channels) < 1 or min(depths) < 0 or int(embed_dim) < 1:
+            raise UserError("model.embed_dim and model.channels must be positive, model.depths non-negative")
+        if int(grid_size) < 2 ** len(channels):
+            raise UserError(f"a {grid_size}^3 grid is too small for {len(channels)} stride-2 stages; "
+                            f"use a smaller data.voxel_size or fewer stages")
+        self.grid_size, self.levels = int(grid_size), int(levels)
+        e = int(embed_dim)
+        self.stem = nn.Sequential(
+            SpikeConvBN(in_chans, e, kind="subm", indice_key="stem", levels=levels, spike_in=False),
+            SpikeConvBN(e, e, kind="subm", indice_key="stem", levels=levels),
+            SpikeConvBN(e, e, kind="subm", indice_key="stem", levels=levels),
+        )
+        stages, cin = [], e
+        for i, (c, d) in enumerate(zip(channels, depths)):
+            stage = [SpikeConvBN(cin, c, kind="down", indice_key=f"down{i}", levels=levels)]
+            stage += [SpikeBlock(c, indice_key=f"subm{i}", levels=levels) for _ in range(d)]
+            stages.append(nn.Sequential(*stage))
+            cin = c
+        self.stages = nn.Sequential(*stages)
+        self.head_spike = IntegerLIF(levels)
+        self.head = nn.Linear(cin, num_classes)
+        self.head.spike_input = False  # it reads the per-cloud mean of spikes: real-valued
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm1d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: VoxelBatch) -> torch.Tensor:
+        t = sp.SparseConvTensor(x.features, x.coords, list(x.spatial_shape), x.batch_size)
+        t = self.stages(self.stem(t))
+        spikes = self.head_spike(t.features)
+        batch = t.indices[:, 0].long()
+        pooled = torch.zeros(x.batch_size, spikes.shape[1], device=spikes.device, dtype=spikes.dtype)
+        pooled.index_add_(0, batch, spikes)
+        counts = torch.bincount(batch, minlength=x.batch_size).clamp_min(1).to(spikes.dtype)
+        return self.head(pooled / counts[:, None])
+
+
+@MODELS.register("e3dsnn")
+def e3dsnn(num_classes: int, in_chans: int, grid_size: int, preset: str | None = "small", embed_dim: int | None = None,
+           channels: list[int] | None = None, depths: list[int] | None = None, levels: int = 4, **unused) -> E3DSNN:
+    if unused:
+        raise UserError(f"model e3dsnn got unknown options: {', '.join(sorted(unused))}")
+    geometry = resolve_preset(PRESETS, preset, dict(embed_dim=embed_dim, channels=channels, depths=depths))
+    return E3DSNN(num_classes=num_classes, in_chans=in_chans, grid_size=grid_size, levels=levels, **geometry)
+
+
+e3dsnn.input_modality = E3DSNN.input_modality
+e3dsnn.default_data = E3DSNN.default_data
