@@ -13,6 +13,7 @@ DATASETS: Registry[pl.LightningDataModule] = Registry("dataset")
 
 from sparse_lab.data import cifar10, digits, imagefolder, moving_digits  # noqa: E402,F401
 from sparse_lab.data import modelnet40, shapes3d  # noqa: E402,F401
+from sparse_lab.data import flow3d, scene_flow  # noqa: E402,F401
 
 
 def build_datamodule(name: str, **kwargs) -> pl.LightningDataModule:

@@ -17,6 +17,7 @@ MODELS: Registry[nn.Module] = Registry("model")
 # Importing the family modules registers them.
 from sparse_lab.models import delta, mobilenet, stvit, vit  # noqa: E402,F401
 from sparse_lab.models import e3dsnn  # noqa: E402,F401
+from sparse_lab.models import sctn  # noqa: E402,F401
 
 
 def build_model(name: str, *, modality: str, **kwargs) -> nn.Module:

@@ -14,4 +14,8 @@ def build_task(info, model: nn.Module, optim: dict) -> pl.LightningModule:
         from sparse_lab.tasks.classification import ClassificationTask
 
         return ClassificationTask(model, info.num_classes, **optim)
+    if info.task == "scene_flow":
+        from sparse_lab.tasks.scene_flow import SceneFlowTask
+
+        return SceneFlowTask(model, **optim)
     raise ValueError(f"no task named {info.task!r}")
