@@ -82,7 +82,12 @@ def pair_mask(module: nn.Module, inp, out) -> torch.Tensor:
     zyx = ind[:, 1:]  # [N, 3]
     if getattr(module, "inverse", False):
         # Inverse of a regular conv: this layer's output sites are that conv's inputs (fine), its input
-        # sites that conv's outputs (coarse); pairs are the same, seen from the other side.
+        # sites that conv's outputs (coarse); pairs are the same, seen from the other side. The geometry
+        # is the forward conv's (spconv takes it from the shared indice_key, not from this module).
+        data = inp.indice_dict.get(module.indice_key) if module.indice_key is not None else None
+        if data is not None and hasattr(data, "stride"):
+            st, pad, dil = (torch.as_tensor(v, device=device) for v in (data.stride, data.padding, data.dilation))
+            offsets = _offsets(data.ksize, device)
         fine = out.indices.long()
         num = fine[None, :, 1:] + pad - offsets[:, None, :] * dil  # [K, N_out, 3]
         valid = (num % st == 0).all(-1)

@@ -73,3 +73,17 @@ def test_sops_weight_spike_values_by_fan_out():
     dense, effective = sparse_conv_sops(conv, x, conv(x))
     assert dense == (2 + 2) * 2 * 3  # every input site is read twice (by itself and its neighbour)
     assert effective == dense
+
+
+def test_inverse_conv_has_the_pairs_of_its_forward_conv():
+    x = tensor([[0, 0, 0, 0], [0, 0, 0, 1], [0, 3, 3, 3], [0, 2, 3, 1]])
+    down = sp.SparseConv3d(2, 4, 2, stride=2, bias=False, indice_key="d")
+    up = sp.SparseInverseConv3d(4, 2, 2, bias=False, indice_key="d")
+    coarse = down(x)
+    fine = up(coarse)
+    assert torch.equal(fine.indices, x.indices)
+    forward_pairs = pair_mask(down, x, coarse)
+    inverse_pairs = pair_mask(up, coarse, fine)
+    assert int(forward_pairs.sum()) == int(inverse_pairs.sum()) == 4
+    assert inverse_pairs.shape == (8, len(coarse.indices))
+    assert inverse_pairs.sum(1).tolist() == forward_pairs.sum(1).tolist()  # the same offsets
