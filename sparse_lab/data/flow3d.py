@@ -66,11 +66,11 @@ def yaw_matrix(angle: float) -> np.ndarray:
 
 def generate_scene(
     rng: np.random.Generator,
-    num_points: int = 1024,
+    num_points: int = 512,
     pool_factor: int = 4,
-    num_objects: tuple[int, int] = (4, 7),
-    extent: float = 3.0,
-    object_size: tuple[float, float] = (0.6, 1.6),
+    num_objects: tuple[int, int] = (3, 5),
+    extent: float = 2.0,
+    object_size: tuple[float, float] = (0.5, 1.2),
     dynamic_fraction: float = 0.7,
     max_translation: float = 0.5,
     max_rotation_deg: float = 10.0,
@@ -133,8 +133,8 @@ class Flow3DDataModule(SceneFlowDataModule):
     def __init__(
         self,
         batch_size: int = 8,
-        num_points: int = 1024,
-        sizes: tuple[int, int, int] = (1000, 100, 200),
+        num_points: int = 512,
+        sizes: tuple[int, int, int] = (64, 32, 200),
         seed: int = 0,
         num_workers: int = 0,
         **scene_args,

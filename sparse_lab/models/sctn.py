@@ -20,6 +20,8 @@ flow consistency, weight 0.3 after ``consistency_warmup_epochs``: for pc1's ``co
 neighbours j of each point i, ``w_ij = exp(-(1 - cos(F_i, F_j)) / τ)`` (τ = 0.45), and the loss is
 ``mean_i Σ_j w_ij ‖f_i − f_j‖₁ / Σ_j w_ij``. *Ours*: the exact weight kernel and detaching the
 features inside it (so the term smooths the flow and cannot be lowered by pushing features apart).
+*Ours*, small preset only: ``init_flow_weight`` x L1 on the transport's initial flow as well (direct
+supervision of the matching, which a few CPU minutes of training need; the paper preset has it off).
 
 Every sparse convolution has ``bias=False`` (BatchNorm follows each; spconv's CPU eval path has no
 fused bias). The first weight layer (the stem ``SubMConv3d``) and the last (the refinement's output
@@ -40,11 +42,14 @@ import spconv.pytorch as sp  # noqa: E402
 
 PRESETS = {
     # 2 CPU cores, flow3d (1024 points per frame, scenes about 6 x 6 x 2 m).
-    "small": dict(channels=(32, 64, 64), voxel_size=0.15, interp_k=3, num_heads=2, graph_k=16, refine_width=16,
-                  nb_iter=3, consistency_k=16),
+    # Voxels of 0.3 m hold several points of a 512-point frame, so both frames see the same occupancy
+    # (at 0.1 m most voxels hold one point and matching did not learn in our trials). max_distance 1.5 m:
+    # flow3d's largest motions are about 1.2 m.
+    "small": dict(channels=(16, 32, 32), voxel_size=0.3, interp_k=3, num_heads=2, graph_k=8, refine_width=16,
+                  nb_iter=3, consistency_k=8, max_distance=1.5, init_flow_weight=0.5),
     # The paper's geometry (FlyingThings3D / KITTI, 8192 points): U-Net 64/128/128, voxel 0.07 m, 32 neighbours.
     "paper": dict(channels=(64, 128, 128), voxel_size=0.07, interp_k=32, num_heads=4, graph_k=32, refine_width=32,
-                  nb_iter=1, consistency_k=32),
+                  nb_iter=1, consistency_k=32, max_distance=10.0, init_flow_weight=0.0),
 }
 
 
@@ -130,7 +135,10 @@ class SparseUNet(nn.Module):
         self.up2 = _sparse_block(c3, c2, sp.SparseInverseConv3d(c3, c2, 3, indice_key="down2", bias=False))
         self.dec2 = _sparse_block(2 * c2, c2, sp.SubMConv3d(2 * c2, c2, 3, padding=1, bias=False, indice_key="subm2"))
         self.up1 = _sparse_block(c2, c1, sp.SparseInverseConv3d(c2, c1, 3, indice_key="down1", bias=False))
-        self.dec1 = _sparse_block(2 * c1, c1, sp.SubMConv3d(2 * c1, c1, 3, padding=1, bias=False, indice_key="subm1"))
+        # The output block has no ReLU: signed, zero-centred features spread the cosine costs of the matching.
+        self.dec1 = sp.SparseSequential(
+            sp.SubMConv3d(2 * c1, c1, 3, padding=1, bias=False, indice_key="subm1"), nn.BatchNorm1d(c1)
+        )
 
     def forward(self, x: sp.SparseConvTensor) -> torch.Tensor:
         x1 = self.enc1(x)
@@ -319,14 +327,20 @@ class SCTN(nn.Module):
         flow = self.refine(flow_init, idx, rel_pos)
         return {"flow": flow, "flow_init": flow_init, "features": feats1, "pc1": pc1, "neighbors": idx}
 
-    def auxiliary_losses(self, output: dict, epoch: int) -> dict[str, torch.Tensor]:
-        """SCTN's feature-similarity flow consistency (weighted), zero during the warm-up epochs."""
+    def auxiliary_losses(self, output: dict, target: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
+        """Weighted terms next to the task's L1 flow loss: SCTN's feature-similarity flow consistency (zero
+        during the warm-up epochs) and, if ``init_flow_weight`` > 0, L1 on the transport's initial flow."""
         flow = output["flow"]
+        terms = {}
+        if self.init_flow_weight > 0:
+            terms["flow_init"] = self.init_flow_weight * (output["flow_init"] - target).abs().sum(-1).mean()
         if self.consistency_weight == 0 or epoch < self.consistency_warmup_epochs:
-            return {"consistency": flow.new_zeros(())}
-        return {"consistency": self.consistency_weight * flow_consistency(
-            flow, output["features"], output["pc1"], self.consistency_k, self.consistency_tau,
-            output["neighbors"] if self.consistency_k == self.graph_k else None)}
+            terms["consistency"] = flow.new_zeros(())
+        else:
+            terms["consistency"] = self.consistency_weight * flow_consistency(
+                flow, output["features"], output["pc1"], self.consistency_k, self.consistency_tau,
+                output["neighbors"] if self.consistency_k == self.graph_k else None)
+        return terms
 
 
 def flow_consistency(flow, feats, xyz, k: int, tau: float, neighbors: torch.Tensor | None = None) -> torch.Tensor:

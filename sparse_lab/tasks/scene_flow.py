@@ -12,7 +12,7 @@ relative error = EPE / (‖f‖ + 1e-4), the 1e-4 as in their code. The test spl
 zero-flow baseline's EPE3D (``test/epe3d_zero_flow`` = mean ‖f‖), the figure a model must beat.
 
 A model takes ``{"pc1", "pc2"}`` and returns a dict with ``"flow"`` [B, N, 3]; if it defines
-``auxiliary_losses(output, epoch) -> {name: weighted term}`` those terms are added to the loss and
+``auxiliary_losses(output, target_flow, epoch) -> {name: weighted term}`` those terms are added to the loss and
 logged as ``train/loss_<name>``.
 """
 
@@ -91,7 +91,7 @@ class SceneFlowTask(pl.LightningModule):
         output = self(batch)
         pred, target = output["flow"], batch["flow"]
         flow_loss = (pred - target).abs().sum(-1).mean()  # L1 per point, mean over points
-        aux = self.model.auxiliary_losses(output, self.current_epoch) if hasattr(self.model, "auxiliary_losses") else {}
+        aux = self.model.auxiliary_losses(output, target, self.current_epoch) if hasattr(self.model, "auxiliary_losses") else {}
         loss = flow_loss + sum(aux.values())
         train, b = split == "train", len(target)
         self.log(f"{split}/loss", loss, on_step=train, on_epoch=not train, prog_bar=train, batch_size=b)

@@ -62,9 +62,10 @@ def test_forward_shapes_and_gradients_reach_every_part():
     out = model(pair())
     assert out["flow"].shape == (2, 128, 3) and out["flow_init"].shape == (2, 128, 3)
     assert out["features"].shape == (2, 128, 8)
-    aux = model.auxiliary_losses(out, epoch=model.consistency_warmup_epochs)
-    assert set(aux) == {"consistency"} and float(aux["consistency"]) > 0
-    loss = out["flow"].abs().mean() + aux["consistency"]
+    target = torch.full((2, 128, 3), 0.1)
+    aux = model.auxiliary_losses(out, target, epoch=model.consistency_warmup_epochs)
+    assert set(aux) == {"consistency", "flow_init"} and float(aux["consistency"].detach()) > 0
+    loss = out["flow"].abs().mean() + sum(aux.values())
     loss.backward()
     for name in ("unet.enc1.0.0.weight", "unet.dec1.0.weight", "transformer.qkv.weight", "transport.log_epsilon",
                  "refine1.fc1.weight", "fc.weight"):
@@ -76,10 +77,13 @@ def test_consistency_term_is_off_during_warmup_and_weighted_after():
     torch.manual_seed(0)
     model = small_sctn(consistency_warmup_epochs=3)
     out = model(pair())
-    assert float(model.auxiliary_losses(out, epoch=2)["consistency"]) == 0.0
-    on = float(model.auxiliary_losses(out, epoch=3)["consistency"])
+    target = torch.zeros(2, 128, 3)
+    assert float(model.auxiliary_losses(out, target, epoch=2)["consistency"]) == 0.0
+    on = float(model.auxiliary_losses(out, target, epoch=3)["consistency"])
     model.consistency_weight = 0.6
-    assert float(model.auxiliary_losses(out, epoch=3)["consistency"]) == pytest.approx(2 * on, rel=1e-5)
+    assert float(model.auxiliary_losses(out, target, epoch=3)["consistency"]) == pytest.approx(2 * on, rel=1e-5)
+    init = model.auxiliary_losses(out, target, epoch=0)["flow_init"]
+    assert float(init) == pytest.approx(0.5 * float(out["flow_init"].abs().sum(-1).mean()), rel=1e-5)
 
 
 def test_eval_mode_runs_on_cpu_and_first_and_last_layers_stay_dense():
