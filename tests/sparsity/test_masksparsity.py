@@ -50,7 +50,7 @@ def test_narrowed_model_equals_masked_model_and_is_smaller(name):
     method = build_method("masksparsity", ratio=0.4, target="flops")
     method.attach(model)
     trained_looking(model, method.groups)
-    x = torch.randn(16, 3, 16, 16)
+    x = torch.randn(8, 3, 16, 16)
     selected = method.select(model, x[:1])
     assert sum(len(v) for v in selected.values()) > 0
 
@@ -124,7 +124,7 @@ def test_two_rounds_regularise_then_train_the_narrow_model():
     seen = Params()
     for r in range(method.rounds):
         method.begin_round(r, task)
-        trainer = pl.Trainer(max_steps=16, accelerator="cpu", logger=False, enable_checkpointing=False,
+        trainer = pl.Trainer(max_steps=12, accelerator="cpu", logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False, callbacks=[method, seen])
         trainer.fit(task, data)
         if r == 0:
