@@ -1,0 +1,249 @@
+"""N:M fine-grained structured sparsity trained with SR-STE (Zhou et al., ICLR 2021, "Learning N:M
+fine-grained structured sparse neural networks from scratch").
+
+In every group of M consecutive weights along the input dimension the N largest |w| are kept
+(linear [out, in]: along ``in``; convolution [C_out, C_in, k_h, k_w]: along C_in at each kernel
+position). The dense weights are trained: every forward uses W̃ = W ⊙ E with the mask E recomputed
+from the current W, the backward passes the gradient straight through to W (STE) and, with SR-STE,
+adds the sparse-refined term λ_w · (1 − E) ⊙ W, which decays the pruned weights and stabilises the
+mask. At the end of fit the final mask is applied to the weights in place, so the model that is tested
+and saved is N:M sparse.
+
+The masked weight is swapped in by a forward pre-hook per module (the Parameter is put back by a
+forward hook, so ``state_dict`` and the optimizer never see the swap). Layers whose grouped dimension
+is not a multiple of M (e.g. depthwise convolutions, C_in = 1) stay dense and are listed in
+``details()``.
+
+Optional progressive schedule (structure decay, in the spirit of PGF): with ``ramp_fraction`` r > 0,
+N goes from M (dense) down to the target N in equal steps over the first r of training.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from sparse_lab.errors import UserError, check_range
+from sparse_lab.sparsity.base import SparsityMethod
+from sparse_lab.sparsity.prunable import prunable_parameters
+
+# Up to this M the mask is ranked with M(M-1)/2 pairwise comparisons on a strided view (exact, ties to
+# the lower index); larger M falls back to topk.
+PAIRWISE_MAX_M = 8
+
+
+def grouped_view(weight: torch.Tensor, m: int) -> torch.Tensor:
+    """A view [C_out, C_in / M, M, prod(kernel)] of a contiguous weight: groups along the input dim."""
+    c_out, c_in = weight.shape[0], weight.shape[1]
+    rest = math.prod(weight.shape[2:])
+    return weight.view(c_out, c_in // m, m, rest)
+
+
+def _pairwise_rank_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Exact: rank_i = #{j < i: a_j >= a_i} + #{j > i: a_j > a_i}; keep rank < n (ties to the lower index)."""
+    columns = [scores[:, :, i] for i in range(m)]  # strided views, no copy
+    ranks = [torch.zeros(columns[0].shape, dtype=torch.uint8, device=scores.device) for _ in range(m)]
+    for i in range(m):
+        for j in range(i + 1, m):
+            j_wins = torch.gt(columns[j], columns[i])
+            ranks[i] += j_wins
+            ranks[j] += ~j_wins
+    mask = torch.empty(scores.shape, dtype=torch.bool, device=scores.device)
+    for i in range(m):
+        mask[:, :, i].copy_(ranks[i] < n)
+    return mask
+
+
+def _threshold(scores: torch.Tensor, n: int, m: int) -> torch.Tensor | None:
+    """The n-th largest score of every group by a min/max network, where one is cheap (n = 1, 2:4)."""
+    if n == 1:
+        return scores.amax(dim=2, keepdim=True)
+    if (n, m) == (2, 4):
+        a, b, c, d = (scores[:, :, i] for i in range(4))
+        hi1, lo1, hi2, lo2 = torch.maximum(a, b), torch.minimum(a, b), torch.maximum(c, d), torch.minimum(c, d)
+        return torch.maximum(torch.minimum(hi1, hi2), torch.maximum(lo1, lo2)).unsqueeze(2)  # second largest
+    return None
+
+
+@torch.no_grad()
+def nm_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Boolean mask keeping the ``n`` largest |w| of every group of ``m`` consecutive input weights.
+
+    Exactly ``n`` per group; ties go to the lower index within the group (deterministic). 1:M and 2:4
+    use a min/max comparison network for the group threshold (a few elementwise passes), falling back
+    to the exact ranking when a group has ties at its threshold; M <= 8 ranks by pairwise comparisons
+    on a strided view; larger M sorts.
+    """
+    if weight.ndim < 2 or weight.shape[1] % m:
+        raise ValueError(f"weight {tuple(weight.shape)}: input dimension is not a multiple of {m}")
+    if n >= m:
+        return torch.ones_like(weight, dtype=torch.bool)
+    scores = grouped_view(weight.detach().contiguous(), m).abs()
+    threshold = _threshold(scores, n, m)
+    if threshold is not None:
+        mask = scores >= threshold
+        if not bool((mask.sum(dim=2, dtype=torch.uint8) > n).any()):
+            return mask.view(weight.shape)
+    if m <= PAIRWISE_MAX_M:
+        mask = _pairwise_rank_mask(scores, n, m)
+    else:
+        order = torch.argsort(scores, dim=2, descending=True, stable=True)
+        mask = torch.zeros(scores.shape, dtype=torch.bool, device=weight.device)
+        mask.scatter_(2, order[:, :, :n], True)
+    return mask.view(weight.shape)
+
+
+class _MaskedWeight(torch.autograd.Function):
+    """Forward W ⊙ E; backward: straight-through, plus λ (1 − E) ⊙ W (SR-STE) when λ > 0."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, mask: torch.Tensor, decay: float) -> torch.Tensor:
+        ctx.decay = decay
+        if decay:
+            ctx.save_for_backward(weight, mask)
+        return weight * mask
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        if not ctx.decay:
+            return grad, None, None
+        weight, mask = ctx.saved_tensors
+        # grad + λ·W − λ·E⊙W = grad + λ·(1 − E)⊙W, computed without materialising (1 − E).
+        pruned = weight - weight * mask
+        return grad.add(pruned, alpha=ctx.decay), None, None
+
+
+def sr_ste_weight(weight: torch.Tensor, mask: torch.Tensor, decay: float) -> torch.Tensor:
+    """W ⊙ E with the (SR-)STE backward; ``mask`` is a float or bool tensor shaped like ``weight``."""
+    return _MaskedWeight.apply(weight, mask.to(weight.dtype), float(decay))
+
+
+class NMSparsity(SparsityMethod):
+    name = "nm"
+
+    def __init__(
+        self,
+        n: int = 2,
+        m: int = 4,
+        sr_ste: bool = True,
+        decay: float = 2e-4,
+        ramp_fraction: float = 0.0,
+        prune_first_layer: bool = False,
+        prune_classifier: bool = False,
+        exclude: list[str] | tuple[str, ...] = (),
+    ):
+        n, m = int(n), int(m)
+        if not (m >= 1 and 1 <= n <= m):
+            raise UserError(f"sparsity.n and sparsity.m must satisfy 1 <= n <= m, got n={n}, m={m}")
+        super().__init__(
+            sparsity=1.0 - n / m if n < m else 0.0,
+            distribution="uniform",
+            prune_first_layer=prune_first_layer,
+            prune_classifier=prune_classifier,
+            exclude=exclude,
+        )
+        self.n, self.m = n, m
+        self.sr_ste = bool(sr_ste)
+        self.decay = float(check_range("sparsity.decay", decay, 0.0, math.inf))
+        self.ramp_fraction = check_range("sparsity.ramp_fraction", ramp_fraction, 0.0, 1.0, high_inclusive=True)
+        self.dense_layers: list[dict] = []
+        self.current_n = n if self.ramp_fraction == 0 else m
+        self._handles: list = []
+        self._total_steps = 1
+
+    # -- set-up -------------------------------------------------------------------------------
+    def attach(self, model: nn.Module, seed: int = 0) -> None:
+        candidates = prunable_parameters(model, self.prune_first_layer, self.prune_classifier, self.exclude)
+        self.params, self.dense_layers = [], []
+        for p in candidates:
+            if p.param.ndim >= 2 and p.shape[1] % self.m == 0:
+                self.params.append(p)
+            else:
+                reason = f"input dimension {p.shape[1] if p.param.ndim >= 2 else p.shape} not a multiple of {self.m}"
+                self.dense_layers.append({"name": p.name, "shape": list(p.shape), "reason": reason})
+        if not self.params:
+            raise UserError(f"nm: no prunable layer has an input dimension divisible by m={self.m}")
+        self.target_densities = [self.n / self.m] * len(self.params)
+        self.set_masks({})  # dense weights are trained; the final N:M mask is applied at the end of fit
+
+    def details(self) -> dict:
+        return {
+            "method": self.name,
+            "n": self.n,
+            "m": self.m,
+            "sr_ste": self.sr_ste,
+            "decay": self.decay if self.sr_ste else 0.0,
+            "ramp_fraction": self.ramp_fraction,
+            "pattern": f"{self.n}:{self.m}",
+            "sparsified_layers": [p.name for p in self.params],
+            "dense_layers": self.dense_layers,
+        }
+
+    def target_sparsity(self) -> float:
+        """1 − N/M over the layers this method sparsifies (layers left dense are not among them)."""
+        return 1.0 - self.n / self.m
+
+    # -- forward-time masking ------------------------------------------------------------------
+    def install(self) -> None:
+        """Swap W ⊙ E in for every sparsified weight during forward (idempotent)."""
+        if self._handles:
+            return
+        for p in self.params:
+            self._handles.append(p.module.register_forward_pre_hook(self._pre_hook))
+            self._handles.append(p.module.register_forward_hook(self._post_hook))
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        for p in self.params:  # a forward interrupted by an exception leaves its weight swapped out
+            if "_nm_dense_weight" in p.module.__dict__:
+                self._post_hook(p.module, (), None)
+
+    def _pre_hook(self, module: nn.Module, args) -> None:
+        weight = module._parameters.pop("weight")
+        object.__setattr__(module, "_nm_dense_weight", weight)  # not registered: a plain attribute
+        n = self.current_n
+        if n >= self.m:
+            masked = weight
+        else:
+            masked = sr_ste_weight(weight, nm_mask(weight, n, self.m), self.decay if self.sr_ste else 0.0)
+        object.__setattr__(module, "weight", masked)
+
+    @staticmethod
+    def _post_hook(module: nn.Module, args, output) -> None:
+        weight = module.__dict__.pop("_nm_dense_weight")
+        del module.__dict__["weight"]
+        module._parameters["weight"] = weight
+
+    def n_at(self, step: int) -> int:
+        """N in effect at ``step``: the target N, or during the ramp M stepping down to N."""
+        if self.ramp_fraction == 0:
+            return self.n
+        ramp_steps = self.ramp_fraction * self._total_steps
+        progress = min(1.0, step / ramp_steps) if ramp_steps > 0 else 1.0
+        levels = self.m - self.n  # number of tightenings, one N at a time
+        return self.m - min(levels, int(progress * (levels + 1)))
+
+    # -- Lightning hooks ----------------------------------------------------------------------
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._total_steps = max(1, int(trainer.estimated_stepping_batches))
+        self.current_n = self.n_at(trainer.global_step)
+        self.install()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.current_n = self.n_at(trainer.global_step)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl_module.log("sparsity/nm_n", float(self.current_n), sync_dist=False)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.remove()
+        self.current_n = self.n
+        self.set_masks({p.name: nm_mask(p.param.data, self.n, self.m) for p in self.params})
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self.remove()
