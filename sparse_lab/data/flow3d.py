@@ -14,7 +14,10 @@ is no ground plane: flat ground has no features to match (HPLFlowNet removes KIT
 same reason).
 
 Scene ``i`` of split ``s`` is drawn from ``numpy.random.default_rng([seed, s, i])``: the data is the
-same in every run and epoch, and the three splits never share a scene.
+same in every run, and the three splits never share a scene. With ``fresh_train_scenes`` (default)
+the training split is an endless stream: epoch e trains on scenes e·size ... (e+1)·size − 1, so a
+long run never sees a scene twice (with 64 fixed scenes SCTN overfit: train EPE 0.13, val 0.22).
+Validation and test scenes are fixed.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import math
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sparse_lab.data import DATASETS
 from sparse_lab.data.scene_flow import SceneFlowDataModule
@@ -116,17 +119,36 @@ def generate_scene(
 
 
 class Flow3DScenes(Dataset):
-    def __init__(self, size: int, split: str, seed: int, scene_args: dict):
+    """``size`` scenes of one split; with ``endless`` any index >= 0 is a scene (see :class:`FreshScenes`)."""
+
+    def __init__(self, size: int, split: str, seed: int, scene_args: dict, endless: bool = False):
         self.size, self.split_id, self.seed, self.scene_args = int(size), SPLITS[split], int(seed), scene_args
+        self.endless = endless
 
     def __len__(self) -> int:
         return self.size
 
     def __getitem__(self, i: int) -> dict:
-        if not 0 <= i < self.size:
+        if i < 0 or (i >= self.size and not self.endless):
             raise IndexError(i)
         scene = generate_scene(np.random.default_rng([self.seed, self.split_id, i]), **self.scene_args)
         return {key: torch.as_tensor(value, dtype=torch.float32) for key, value in scene.items()}
+
+
+class FreshScenes(Sampler):
+    """Epoch e visits scenes ``e * size ... (e + 1) * size - 1`` of the endless training stream, shuffled:
+    every epoch trains on new scenes. Seeded by the data seed and the epoch, so runs repeat exactly."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = int(size), int(seed), 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        start, self.epoch = self.epoch * self.size, self.epoch + 1
+        return iter((start + order).tolist())
 
 
 class Flow3DDataModule(SceneFlowDataModule):
@@ -136,10 +158,12 @@ class Flow3DDataModule(SceneFlowDataModule):
         num_points: int = 512,
         sizes: tuple[int, int, int] = (64, 32, 200),
         seed: int = 0,
+        fresh_train_scenes: bool = True,
+        eval_batch_size: int | None = None,
         num_workers: int = 0,
         **scene_args,
     ):
-        super().__init__(batch_size, num_workers)
+        super().__init__(batch_size, num_workers, eval_batch_size)
         if len(sizes) != 3 or min(sizes) < 1:
             raise UserError(f"data.sizes must be three positive scene counts (train, val, test), got {list(sizes)}")
         if int(num_points) < 16:
@@ -151,6 +175,7 @@ class Flow3DDataModule(SceneFlowDataModule):
             if key in scene_args:
                 scene_args[key] = tuple(scene_args[key])
         self.num_points, self.sizes, self.seed = int(num_points), tuple(int(s) for s in sizes), int(seed)
+        self.fresh_train_scenes = bool(fresh_train_scenes)
         self.scene_args = {"num_points": self.num_points, **scene_args}
         self.info = self._info()
 
@@ -158,8 +183,16 @@ class Flow3DDataModule(SceneFlowDataModule):
         if self.train_set is not None:
             return
         self.train_set, self.val_set, self.test_set = (
-            Flow3DScenes(size, split, self.seed, self.scene_args) for size, split in zip(self.sizes, SPLITS)
+            Flow3DScenes(size, split, self.seed, self.scene_args, endless=split == "train" and self.fresh_train_scenes)
+            for size, split in zip(self.sizes, SPLITS)
         )
+
+    def train_dataloader(self) -> DataLoader:
+        if not self.fresh_train_scenes:
+            return super().train_dataloader()
+        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=FreshScenes(self.sizes[0], self.seed),
+                          drop_last=self.sizes[0] > self.batch_size, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
 
 
 @DATASETS.register("flow3d")

@@ -58,3 +58,18 @@ def test_bad_options_are_user_errors():
         build_datamodule("flow3d", sizes=[10, 0, 5])
     with pytest.raises(UserError, match="unknown flow3d option"):
         build_datamodule("flow3d", wobble=3)
+
+
+def test_fresh_training_scenes_every_epoch_seeded_and_fixed_evaluation():
+    dm = small(batch_size=2)
+    loader = dm.train_dataloader()
+    first, second = list(iter(loader.sampler)), list(iter(loader.sampler))
+    assert sorted(first) == [0, 1, 2, 3] and sorted(second) == [4, 5, 6, 7]  # new scenes in epoch 2
+    again = small(batch_size=2).train_dataloader().sampler
+    assert list(iter(again)) == first  # the same stream in every run
+    assert not torch.equal(dm.train_set[5]["pc1"], dm.train_set[1]["pc1"])
+    with pytest.raises(IndexError):
+        dm.test_set[3]  # evaluation splits are fixed
+    fixed = small(batch_size=2, fresh_train_scenes=False)
+    with pytest.raises(IndexError):
+        fixed.train_set[4]
