@@ -1,0 +1,103 @@
+import pytest
+import torch
+from torch import nn
+
+from sparse_lab.experiment import run
+from sparse_lab.models import build_model
+from sparse_lab.sparsity import build_method
+from sparse_lab.sparsity.nm import grouped_view, nm_mask, sr_ste_weight
+
+
+def reference_mask(weight, n, m):
+    """Sort-based N:M mask along the input dimension (ties to the lower index)."""
+    scores = grouped_view(weight.contiguous(), m).abs()
+    order = torch.argsort(scores, dim=2, descending=True, stable=True)
+    return torch.zeros_like(scores, dtype=torch.bool).scatter_(2, order[:, :, :n], True).view(weight.shape)
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (3, 4), (4, 8), (1, 8), (2, 16)])
+@pytest.mark.parametrize("shape", [(6, 16), (5, 16, 3, 3), (4, 32, 1, 1)])
+def test_mask_keeps_the_n_largest_of_every_group_along_the_input_dim(shape, n, m):
+    weight = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    mask = nm_mask(weight, n, m)
+    assert torch.equal(mask, reference_mask(weight, n, m))
+    assert (grouped_view(mask, m).sum(2) == n).all()
+
+
+def test_conv_groups_run_along_input_channels_at_each_kernel_position():
+    weight = torch.zeros(1, 4, 2, 2)
+    weight[0, :, 0, 0] = torch.tensor([4.0, 3.0, 2.0, 1.0])  # kernel position (0, 0): keep channels 0, 1
+    weight[0, :, 1, 1] = torch.tensor([1.0, 2.0, 3.0, 4.0])  # kernel position (1, 1): keep channels 2, 3
+    mask = nm_mask(weight, 2, 4)
+    assert mask[0, :, 0, 0].tolist() == [True, True, False, False]
+    assert mask[0, :, 1, 1].tolist() == [False, False, True, True]
+
+
+def test_ties_keep_exactly_n_per_group():
+    weight = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]])
+    mask = nm_mask(weight, 2, 4)
+    assert mask.tolist() == [[True, True, False, False, True, True, False, False]]
+    assert mask.sum() == 4 and nm_mask(weight, 1, 4).sum() == 2
+
+
+def test_sr_ste_gradient_on_a_hand_made_tensor():
+    w = torch.tensor([[0.5, -2.0, 1.0, -0.1]], requires_grad=True)
+    mask = nm_mask(w, 2, 4)
+    assert mask.tolist() == [[False, True, True, False]]
+    out = sr_ste_weight(w, mask, decay=0.1)
+    assert out.tolist() == [[0.0, -2.0, 1.0, -0.0]]
+    upstream = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    out.backward(upstream)
+    # straight-through gradient everywhere, plus lambda * (1 - E) * W on the pruned weights
+    expected = upstream + 0.1 * torch.tensor([[0.5, 0.0, 0.0, -0.1]])
+    assert torch.allclose(w.grad, expected)
+    w.grad = None
+    sr_ste_weight(w, mask, decay=0.0).backward(upstream)  # plain STE
+    assert torch.equal(w.grad, upstream)
+
+
+def test_forward_uses_masked_weight_and_state_dict_keeps_dense_weights():
+    layer = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 3), nn.Linear(3, 2))  # middle: 8 inputs -> 2:4
+    method = build_method("nm", n=2, m=4)
+    method.attach(layer)
+    assert [p.name for p in method.params] == ["1.weight"] and method.masks == {}
+    method.install()
+    x = torch.randn(5, 8)
+    w = layer[1].weight
+    assert torch.allclose(layer[1](x), x @ (w * nm_mask(w, 2, 4)).T + layer[1].bias)
+    assert set(layer.state_dict()) == {f"{i}.{k}" for i in range(3) for k in ("weight", "bias")}
+    assert layer[1].weight is w and isinstance(layer[1].weight, nn.Parameter)
+    method.remove()
+    assert torch.allclose(layer[1](x), x @ w.T + layer[1].bias)  # hooks gone
+
+
+def test_progressive_schedule_steps_n_down_from_m():
+    method = build_method("nm", n=1, m=4, ramp_fraction=0.5)
+    method._total_steps = 100
+    assert [method.n_at(s) for s in (0, 12, 13, 30, 49, 50, 99)] == [4, 4, 3, 2, 1, 1, 1]
+    assert build_method("nm", n=2, m=4).n_at(0) == 2
+
+
+def test_layers_not_divisible_by_m_stay_dense_and_are_listed():
+    model = build_model("mobilenet_v2", modality="image", num_classes=10, image_size=32, in_chans=3)
+    method = build_method("nm", n=2, m=4)
+    method.attach(model)
+    dense = method.details()["dense_layers"]
+    assert dense and all("not a multiple of 4" in d["reason"] for d in dense)
+    assert all(d["shape"][1] == 1 for d in dense)  # the depthwise convolutions
+    assert method.target_sparsity() == 0.5
+
+
+@pytest.mark.parametrize("model", ["vit", "mobilenet_v2"])
+def test_after_training_every_sparsified_layer_is_2_to_4(model, make_cfg, tmp_path):
+    cfg = make_cfg(f"model={model}", "sparsity=nm24", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1")
+    results = run(cfg, tmp_path)
+    assert results["status"] == "completed"
+    state = torch.load(tmp_path / "final_model.pt", weights_only=True)
+    names = results["sparsity"]["sparsified_layers"]
+    assert names
+    for name in names:
+        groups = grouped_view(state[name].contiguous(), 4)
+        assert ((groups != 0).sum(2) <= 2).all(), name
+    assert results["metrics"]["sparsity/global"] >= 0.5 - 1e-6
+    assert results["metrics"]["sparsity/target"] == 0.5
