@@ -165,16 +165,20 @@ class PointTransformer(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, xyz: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-        b, n, d = feats.shape
-        h = self.norm(feats + self.pos(xyz - xyz.mean(1, keepdim=True)))
-        q, k, v = self.qkv(h).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
+        """``xyz`` [..., N, 3], ``feats`` [..., N, D]: attention within each cloud (leading dims are clouds)."""
+        *lead, n, d = feats.shape
+        h = self.norm(feats + self.pos(xyz - xyz.mean(-2, keepdim=True)))
+        qkv = self.qkv(h).reshape(-1, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2]).transpose(1, 2).reshape(*lead, n, d)
         return feats + self.proj(out)
 
     def extra_macs(self, inputs, output) -> int:
-        """Q·Kᵀ and A·V per cloud (N·N·D each), for every cloud of the call (both frames of a pair)."""
-        b, n, d = output.shape
-        return b * 2 * n * n * d
+        """Q·Kᵀ and A·V (N·N·D each) for every cloud of one sample (a sample is [2, N, D]: both frames)."""
+        *lead, n, d = output[0].shape
+        clouds = 1
+        for size in lead:
+            clouds *= size
+        return clouds * 2 * n * n * d
 
 
 class OptimalTransport(nn.Module):
@@ -317,8 +321,10 @@ class SCTN(nn.Module):
         pc1, pc2 = inputs["pc1"], inputs["pc2"]
         b = pc1.shape[0]
         clouds = torch.cat([pc1, pc2], 0)
-        feats = self.transformer(clouds, self.point_features(clouds))
-        feats1, feats2 = feats[:b], feats[b:]
+        feats = self.point_features(clouds)
+        # [B, 2, N, D]: a sample's two frames together, so per-sample MAC counts see both.
+        feats = self.transformer(torch.stack([pc1, pc2], 1), torch.stack([feats[:b], feats[b:]], 1))
+        feats1, feats2 = feats[:, 0], feats[:, 1]
         plan = self.transport(feats1, feats2, pc1, pc2)
         flow_init = transport_flow(plan, pc1, pc2)
         with torch.no_grad():

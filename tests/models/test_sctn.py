@@ -103,3 +103,14 @@ def test_presets_and_bad_values():
         build_model("sctn", modality="point_cloud_pair", preset="huge")
     with pytest.raises(UserError, match="data=flow3d"):
         build_model("sctn", modality="image", num_classes=10)
+
+
+def test_attention_macs_count_both_frames_of_a_sample():
+    from sparse_lab.hardware.macs import count_macs
+
+    model = small_sctn()
+    rows = {r.name: r.dense for r in count_macs(model, pair(b=1))}
+    n, d = 128, 8
+    assert rows["transformer"] == 2 * (2 * n * n * d)  # two frames, Q·Kᵀ and A·V each
+    assert rows["transformer.qkv"] == 2 * n * d * 3 * d  # the Linear sees both frames of the sample
+    assert rows["transport"] == n * n * (d + 2 * model.transport.nb_iter + 3)
