@@ -76,7 +76,8 @@ def test_forward_shapes_and_gradients_reach_every_part():
 def test_consistency_term_is_off_during_warmup_and_weighted_after():
     torch.manual_seed(0)
     model = small_sctn(consistency_warmup_epochs=3)
-    out = model(pair())
+    with torch.no_grad():
+        out = model(pair())
     target = torch.zeros(2, 128, 3)
     assert float(model.auxiliary_losses(out, target, epoch=2)["consistency"]) == 0.0
     on = float(model.auxiliary_losses(out, target, epoch=3)["consistency"])
