@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from sparse_lab.data.base import ImageDataModule
 from sparse_lab.errors import UserError
@@ -121,19 +121,27 @@ class PointCloudDataModule(ImageDataModule):
     """Loaders that voxelize in the collate; ``example_input`` is the first test cloud, voxelized."""
 
     def __init__(self, batch_size: int, voxel_size: float, augment: bool, num_workers: int = 0,
-                 up_axis_only: bool = False):
+                 up_axis_only: bool = False, epoch_size: int | None = None):
         super().__init__(batch_size, num_workers)
+        if epoch_size is not None and int(epoch_size) < 1:
+            raise UserError(f"data.epoch_size must be at least 1 (or null: the whole training split), got {epoch_size}")
+        self.epoch_size = None if epoch_size is None else int(epoch_size)
         self.voxel_size = float(voxel_size)
         self.grid_size = grid_size(self.voxel_size)
         self.augment, self.up_axis_only = bool(augment), bool(up_axis_only)
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         collate = VoxelCollate(self.voxel_size, augment=train and self.augment, up_axis_only=self.up_axis_only)
+        # An epoch may be a random draw of epoch_size clouds from the training split (without replacement).
+        sampler = None
+        if train and self.epoch_size is not None and self.epoch_size < len(dataset):
+            sampler = RandomSampler(dataset, num_samples=self.epoch_size)
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            drop_last=train and len(dataset) > self.batch_size,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            drop_last=train and min(len(dataset), self.epoch_size or len(dataset)) > self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=collate,

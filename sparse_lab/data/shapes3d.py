@@ -215,24 +215,25 @@ def _generate(count: int, seed: int, num_classes: int, **kwargs) -> tuple[torch.
 class Shapes3DDataModule(PointCloudDataModule):
     def __init__(
         self,
-        batch_size: int = 32,
-        voxel_size: float = 0.0625,
+        batch_size: int = 16,
+        voxel_size: float = 0.125,
         num_points: int = 384,
         num_classes: int = 12,
         train_size: int = 2400,
-        val_size: int = 600,
+        val_size: int = 300,
         test_size: int = 1200,
         noise: float = 0.02,
-        partial_prob: float = 0.5,
-        max_cut: float = 0.45,
-        clutter: float = 0.08,
-        stretch: float = 0.2,
+        partial_prob: float = 0.3,
+        max_cut: float = 0.35,
+        clutter: float = 0.04,
+        stretch: float = 0.1,
         scale_range: tuple[float, float] = (0.55, 0.9),
         augment: bool = True,
+        epoch_size: int | None = 320,
         seed: int = 0,
         num_workers: int = 0,
     ):
-        super().__init__(batch_size, voxel_size, augment, num_workers)
+        super().__init__(batch_size, voxel_size, augment, num_workers, epoch_size=epoch_size)
         if not 2 <= int(num_classes) <= len(CLASSES):
             raise UserError(f"data.num_classes must be in [2, {len(CLASSES)}], got {num_classes}")
         for name, value in (("train_size", train_size), ("val_size", val_size), ("test_size", test_size),

@@ -40,7 +40,7 @@ import spconv.pytorch as sp  # noqa: E402
 PRESETS = {
     # The paper's smallest model (E-3DSNN-T): 1.87M parameters (40 classes, 4 input features).
     "paper_t": dict(embed_dim=16, channels=[16, 32, 64, 128], depths=[1, 1, 1, 1]),
-    # Sized for 2 CPU cores on shapes3d's 32^3 grid: ~0.21M parameters.
+    # Sized for 2 CPU cores on shapes3d's 16^3 grid: 0.68M parameters (12 classes).
     "small": dict(embed_dim=16, channels=[16, 32, 48, 64], depths=[1, 1, 1, 1]),
 }
 

@@ -50,12 +50,12 @@ def test_voxelize_hand_built():
 def test_datamodule_batches_and_example_input():
     dm = build_datamodule("shapes3d", train_size=24, val_size=12, test_size=12, num_points=64, batch_size=8)
     assert dm.info.modality == "point_cloud" and dm.info.num_classes == 12
-    assert dm.info.sizes == {"in_chans": 4, "grid_size": 32}
+    assert dm.info.sizes == {"in_chans": 4, "grid_size": 16}
     dm.setup("fit")
     x, y = next(iter(dm.train_dataloader()))
     assert isinstance(x, VoxelBatch) and len(x) == 8 and y.shape == (8,)
     assert x.coords[:, 0].unique().tolist() == list(range(8))
-    assert int(x.coords[:, 1:].max()) < 32 and int(x.coords.min()) >= 0
+    assert int(x.coords[:, 1:].max()) < 16 and int(x.coords.min()) >= 0
     ex = move_data_to_device(dm.example_input(), torch.device("cpu"))
     assert isinstance(ex, VoxelBatch) and ex.batch_size == 1 and (ex.coords[:, 0] == 0).all()
 
