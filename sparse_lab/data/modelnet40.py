@@ -94,7 +94,7 @@ class ModelNet40DataModule(PointCloudDataModule):
         super().__init__(batch_size, voxel_size, augment, num_workers, up_axis_only=True)
         if int(num_points) < 1:
             raise UserError(f"data.num_points must be at least 1, got {num_points}")
-        self.root = Path(data_dir) / FOLDER
+        self.root = Path(data_dir).absolute() / FOLDER
         self.num_points, self.val_fraction, self.split_seed = int(num_points), float(val_fraction), int(split_seed)
         self.info = DataInfo("point_cloud", num_classes=int(num_classes),
                              sizes=dict(in_chans=VOXEL_FEATURES, grid_size=self.grid_size))
