@@ -229,7 +229,7 @@ class Shapes3DDataModule(PointCloudDataModule):
         stretch: float = 0.1,
         scale_range: tuple[float, float] = (0.55, 0.9),
         augment: bool = True,
-        epoch_size: int | None = 320,
+        epoch_size: int | None = 640,
         seed: int = 0,
         num_workers: int = 0,
     ):
