@@ -46,7 +46,7 @@ class SparsityMethod(pl.Callback):
         self.params = prunable_parameters(model, self.prune_first_layer, self.prune_classifier, self.exclude)
         if not self.params and self.sparsity > 0:
             raise UserError(f"{self.name}: the model has no prunable weights under the current rule")
-        self.target_densities = layer_densities([p.shape for p in self.params], 1.0 - self.sparsity, self.distribution)
+        self.target_densities = layer_densities([p.fan_shape for p in self.params], 1.0 - self.sparsity, self.distribution)
         self.set_masks(self.initial_masks(torch.Generator().manual_seed(seed)))
 
     def begin_round(self, index: int, task: pl.LightningModule) -> None:

@@ -23,7 +23,7 @@ def raw_score(shape: tuple[int, ...], distribution: str) -> float:
 
 
 def layer_densities(shapes: list[tuple[int, ...]], density: float, distribution: str = "uniform") -> list[float]:
-    """Per-layer densities whose parameter-weighted mean is ``density``."""
+    """Per-layer densities whose parameter-weighted mean is ``density``; shapes are (C_out, C_in, *kernel)."""
     if distribution not in DISTRIBUTIONS:
         raise ValueError(f"unknown distribution {distribution!r}")
     if distribution == "uniform" or not shapes:

@@ -80,7 +80,7 @@ class GradualMagnitudePruning(SparsityMethod):
         if not self.params and self.sparsity > 0:
             rule = " (pointwise_only: 1x1 convolutions)" if self.pointwise_only else ""
             raise UserError(f"{self.name}: the model has no prunable weights under the current rule{rule}")
-        self.target_densities = layer_densities([p.shape for p in self.params], 1.0 - self.sparsity, self.distribution)
+        self.target_densities = layer_densities([p.fan_shape for p in self.params], 1.0 - self.sparsity, self.distribution)
         self.history = []
         self.current_sparsity = 0.0
         self.prune_to(self.initial_sparsity, step=0)
@@ -98,7 +98,7 @@ class GradualMagnitudePruning(SparsityMethod):
         """Prune every layer by magnitude to its share of ``sparsity``; pruned weights stay pruned."""
         if sparsity <= 0.0 or sparsity <= self.current_sparsity:
             return
-        densities = layer_densities([p.shape for p in self.params], 1.0 - sparsity, self.distribution)
+        densities = layer_densities([p.fan_shape for p in self.params], 1.0 - sparsity, self.distribution)
         masks = {}
         for p, density in zip(self.params, densities):
             if density >= 1.0:

@@ -35,11 +35,22 @@ from sparse_lab.sparsity.prunable import prunable_parameters
 PAIRWISE_MAX_M = 8
 
 
-def grouped_view(weight: torch.Tensor, m: int) -> torch.Tensor:
-    """A view [C_out, C_in / M, M, prod(kernel)] of a contiguous weight: groups along the input dim."""
+def input_last(module: nn.Module) -> bool:
+    """spconv keeps a sparse convolution's weight as [C_out, kD, kH, kW, C_in]: input channels last."""
+    return type(module).__module__.startswith("spconv.")
+
+
+def input_size(weight: torch.Tensor, last: bool = False) -> int:
+    return weight.shape[-1] if last else weight.shape[1]
+
+
+def grouped_view(weight: torch.Tensor, m: int, last: bool = False) -> torch.Tensor:
+    """A view [A, C_in / M, M, B] of a contiguous weight whose groups run along the input dim:
+    [C_out, C_in/M, M, prod(kernel)] for torch layers, [C_out·prod(kernel), C_in/M, M, 1] for spconv."""
+    if last:
+        return weight.view(-1, weight.shape[-1] // m, m, 1)
     c_out, c_in = weight.shape[0], weight.shape[1]
-    rest = math.prod(weight.shape[2:])
-    return weight.view(c_out, c_in // m, m, rest)
+    return weight.view(c_out, c_in // m, m, math.prod(weight.shape[2:]))
 
 
 def _pairwise_rank_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -69,7 +80,7 @@ def _threshold(scores: torch.Tensor, n: int, m: int) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def nm_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
+def nm_mask(weight: torch.Tensor, n: int, m: int, last: bool = False) -> torch.Tensor:
     """Boolean mask keeping the ``n`` largest |w| of every group of ``m`` consecutive input weights.
 
     Exactly ``n`` per group; ties go to the lower index within the group (deterministic). 1:M and 2:4
@@ -77,11 +88,11 @@ def nm_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
     to the exact ranking when a group has ties at its threshold; M <= 8 ranks by pairwise comparisons
     on a strided view; larger M sorts.
     """
-    if weight.ndim < 2 or weight.shape[1] % m:
+    if weight.ndim < 2 or input_size(weight, last) % m:
         raise ValueError(f"weight {tuple(weight.shape)}: input dimension is not a multiple of {m}")
     if n >= m:
         return torch.ones_like(weight, dtype=torch.bool)
-    scores = grouped_view(weight.detach().contiguous(), m).abs()
+    scores = grouped_view(weight.detach().contiguous(), m, last).abs()
     threshold = _threshold(scores, n, m)
     if threshold is not None:
         mask = scores >= threshold
@@ -159,10 +170,11 @@ class NMSparsity(SparsityMethod):
         candidates = prunable_parameters(model, self.prune_first_layer, self.prune_classifier, self.exclude)
         self.params, self.dense_layers = [], []
         for p in candidates:
-            if p.param.ndim >= 2 and p.shape[1] % self.m == 0:
+            size = input_size(p.param, input_last(p.module)) if p.param.ndim >= 2 else None
+            if size is not None and size % self.m == 0:
                 self.params.append(p)
             else:
-                reason = f"input dimension {p.shape[1] if p.param.ndim >= 2 else p.shape} not a multiple of {self.m}"
+                reason = f"input dimension {size if size is not None else p.shape} not a multiple of {self.m}"
                 self.dense_layers.append({"name": p.name, "shape": list(p.shape), "reason": reason})
         if not self.params:
             raise UserError(f"nm: no prunable layer has an input dimension divisible by m={self.m}")
@@ -210,7 +222,7 @@ class NMSparsity(SparsityMethod):
         if n >= self.m:
             masked = weight
         else:
-            masked = sr_ste_weight(weight, nm_mask(weight, n, self.m), self.decay if self.sr_ste else 0.0)
+            masked = sr_ste_weight(weight, nm_mask(weight, n, self.m, input_last(module)), self.decay if self.sr_ste else 0.0)
         object.__setattr__(module, "weight", masked)
 
     @staticmethod
@@ -243,7 +255,7 @@ class NMSparsity(SparsityMethod):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.remove()
         self.current_n = self.n
-        self.set_masks({p.name: nm_mask(p.param.data, self.n, self.m) for p in self.params})
+        self.set_masks({p.name: nm_mask(p.param.data, self.n, self.m, input_last(p.module)) for p in self.params})
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         self.remove()

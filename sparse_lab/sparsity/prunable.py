@@ -34,6 +34,14 @@ class PrunableParam:
         return tuple(self.param.shape)
 
     @property
+    def fan_shape(self) -> tuple[int, ...]:
+        """(C_out, C_in, *kernel) whatever the storage order; spconv stores [C_out, *kernel, C_in]."""
+        shape = self.shape
+        if type(self.module).__module__.startswith("spconv."):
+            return (shape[0], shape[-1], *shape[1:-1])
+        return shape
+
+    @property
     def numel(self) -> int:
         return self.param.numel()
 

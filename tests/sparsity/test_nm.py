@@ -101,3 +101,23 @@ def test_after_training_every_sparsified_layer_is_2_to_4(model, make_cfg, tmp_pa
         assert ((groups != 0).sum(2) <= 2).all(), name
     assert results["metrics"]["sparsity/global"] >= 0.5 - 1e-6
     assert results["metrics"]["sparsity/target"] == 0.5
+
+
+def test_spconv_groups_run_along_input_channels_which_spconv_stores_last():
+    from sparse_lab.sparsity.nm import input_last, nm_mask
+    from sparse_lab.sparsity.prunable import prunable_parameters
+    from sparse_lab.spconv_compat import spconv
+
+    net = torch.nn.Sequential(
+        spconv.pytorch.SubMConv3d(8, 8, 3, bias=False, indice_key="a"),
+        spconv.pytorch.SubMConv3d(8, 8, 3, bias=False, indice_key="a"),
+        spconv.pytorch.SubMConv3d(8, 4, 3, bias=False, indice_key="a"),
+    )
+    layer = prunable_parameters(net)[0]
+    assert input_last(layer.module) and layer.fan_shape == (8, 8, 3, 3, 3)
+    weight = layer.param.detach()
+    mask = nm_mask(weight, 2, 4, last=True)
+    groups = mask.reshape(-1, 4)  # C_in is the contiguous last axis: consecutive 4 = one group
+    assert torch.all(groups.sum(dim=1) == 2)
+    kept = weight.abs().reshape(-1, 4)
+    assert torch.all(kept[groups].reshape(-1, 2).min(dim=1).values >= kept[~groups].reshape(-1, 2).max(dim=1).values)
