@@ -66,7 +66,7 @@ def _linear_like_costs(module: nn.Module, x: torch.Tensor, output: torch.Tensor,
             scale = float(x.mean())
             return macs * scale, macs * scale * nonzero_fraction
         return float(macs), macs * nonzero_fraction
-    raise NotImplementedError(type(module).__name__)
+    raise TypeError(f"no synaptic-operation rule for {type(module).__name__}")
 
 
 class SpikeCounter:

@@ -72,7 +72,7 @@ def pair_mask(module: nn.Module, inp, out) -> torch.Tensor:
     number of ``True`` entries is the number of active pairs.
     """
     if len(inp.indices.shape) != 2 or inp.indices.shape[1] != 4:
-        raise NotImplementedError("pair counting supports 3D sparse convolutions (indices [N, 4])")
+        raise ValueError("pair counting supports 3D sparse convolutions (indices [N, 4])")
     ind = inp.indices.long()
     device = ind.device
     st = torch.as_tensor(module.stride, device=device)
