@@ -36,6 +36,16 @@ def _read_lines(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
+
+def _read_cache(cache: Path, expected: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    try:
+        data = np.load(cache)
+        if len(data["labels"]) == expected:
+            return torch.from_numpy(data["points"]), torch.from_numpy(data["labels"])
+    except (OSError, ValueError, KeyError):
+        return None
+    return None
+
 def read_split(root: Path, split: str, num_points: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Clouds ``[N, num_points, 3]`` (unit ball), labels ``[N]`` and class names of one split."""
     names = _read_lines(root / "modelnet40_shape_names.txt")
@@ -43,12 +53,9 @@ def read_split(root: Path, split: str, num_points: int) -> tuple[torch.Tensor, t
     ids = _read_lines(root / f"modelnet40_{split}.txt")
     cache = root / f".sparse_lab_{split}_{num_points}.npz"
     if cache.is_file() and cache.stat().st_mtime >= (root / f"modelnet40_{split}.txt").stat().st_mtime:
-        try:
-            data = np.load(cache)
-            if len(data["labels"]) == len(ids):
-                return torch.from_numpy(data["points"]), torch.from_numpy(data["labels"]), names
-        except (OSError, ValueError, KeyError):
-            pass  # unreadable cache: parse again
+        cached = _read_cache(cache, len(ids))  # None when damaged or stale: parse the text files again
+        if cached is not None:
+            return (*cached, names)
     clouds, labels = [], []
     for sample in ids:
         cls = sample.rsplit("_", 1)[0]
