@@ -40,6 +40,10 @@ def build_trainer(cfg: DictConfig, accelerator: str, callbacks: list, loggers: l
         callbacks = callbacks + [
             pl.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
         ]
+    if accelerator == "gpu" and trainer_args.get("deterministic") is True:
+        # CUDA has no deterministic kernel for some backward ops the models use (adaptive pooling,
+        # index_add): warn about those instead of refusing to train.
+        trainer_args["deterministic"] = "warn"
     if trainer_args.get("enable_progress_bar", True):
         callbacks = callbacks + [pl.callbacks.RichProgressBar()]
     return pl.Trainer(
@@ -81,9 +85,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             results.data["rounds"].append({"round": round_index, **test, **method.summary()})
             results.write()
 
-        model = task.model  # a method may have rebuilt it (e.g. physically narrowed channels)
-        example = move_data_to_device(datamodule.example_input(), task.device)
+        model = task.model.to(target.device)  # a method may have rebuilt it (e.g. narrowed channels)
+        example = move_data_to_device(datamodule.example_input(), target.device)
         hw_metrics, macs_table = target.profile(model, example)
+        model.cpu()  # final_model.pt loads anywhere
         metrics = {**test, **method.summary(), **activations.summary(), **hw_metrics}
         torch.save(model.state_dict(), run_dir / "final_model.pt")
         log_final(loggers, metrics, step=trainer.global_step)

@@ -44,6 +44,10 @@ def test_every_config_option_has_a_description():
         (["train", "sparsity.sparsity=1.5"], "error: sparsity.sparsity must be in [0, 1), got 1.5"),
         (["train", "nosuchkey=1"], "error: Could not override 'nosuchkey': no such config key"),
         (["frobnicate"], "error: unknown command 'frobnicate'"),
+        pytest.param(
+            ["train", "hardware=cuda"], "error: hardware=cuda needs a CUDA GPU, and torch sees none",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU"),
+        ),
     ],
 )
 def test_bad_input_is_one_clear_line(args, message, tmp_path):

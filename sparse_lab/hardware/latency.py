@@ -30,5 +30,6 @@ def measure_latency_ms(model: nn.Module, example_input, warmup: int = 3, repeats
 
 
 def _sync(example_input) -> None:
-    if isinstance(example_input, torch.Tensor) and example_input.is_cuda:
-        torch.cuda.synchronize(example_input.device)
+    # Inputs may be tensors, dicts or sparse-tensor tuples: wait for the GPU whenever one is in use.
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()

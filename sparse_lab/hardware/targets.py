@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
+from sparse_lab.errors import UserError
 from sparse_lab.hardware.latency import measure_latency_ms
 from sparse_lab.hardware.macs import count_macs, parameter_counts
 from sparse_lab.registry import Registry
@@ -24,6 +26,11 @@ class HardwareTarget:
     accelerator: str = "cpu"
     skips_zero_weights: bool = False  # True: kernels skip every zero weight (unstructured sparsity)
     energy_pj_per_mac: float = 4.6  # 45 nm 32-bit float MAC (Horowitz 2014)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the trained model is profiled (Lightning hands it back on the CPU after testing)."""
+        return torch.device("cuda" if self.accelerator == "gpu" else "cpu")
 
     def profile(self, model: nn.Module, example_input) -> tuple[dict, list[dict]]:
         """Summary metrics and a per-layer MAC table of ``model`` for one sample."""
@@ -55,6 +62,14 @@ def cpu(**kwargs) -> HardwareTarget:
 def ideal(**kwargs) -> HardwareTarget:
     """An upper bound: every zero weight is skipped (runs on the CPU)."""
     return HardwareTarget(name="ideal", accelerator="cpu", skips_zero_weights=True, **kwargs)
+
+
+@TARGETS.register("cuda")
+def cuda(**kwargs) -> HardwareTarget:
+    """Dense kernels on an NVIDIA GPU: trains and measures latency there."""
+    if not torch.cuda.is_available():
+        raise UserError("hardware=cuda needs a CUDA GPU, and torch sees none; use hardware=cpu")
+    return HardwareTarget(name="cuda", accelerator="gpu", skips_zero_weights=False, **kwargs)
 
 
 def build_target(name: str, **kwargs) -> HardwareTarget:

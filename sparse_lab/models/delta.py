@@ -106,7 +106,7 @@ class DeltaCNN(nn.Module):
         channels: tuple[int, ...] = (8, 16, 32, 32),
         delta: bool = True,
         delta_step: float = 0.125,
-        delta_penalty: float = 0.1,
+        delta_penalty: float = 0.15,
     ):
         super().__init__()
         if not channels:
