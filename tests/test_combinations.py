@@ -4,6 +4,7 @@ Models and methods are discovered from configs/, so a new one is covered the day
 model runs on the dataset its config picks by default.
 """
 
+import csv
 import math
 
 import pytest
@@ -38,7 +39,8 @@ PRIMARY_METRICS = {"test/acc": (0.0, 1.0), "test/epe3d": (0.0, math.inf)}  # cla
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("model", MODELS)
 def test_every_model_trains_with_every_method(model, method, make_cfg, tmp_path):
-    cfg = make_cfg(f"model={model}", f"sparsity={method}", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1")
+    cfg = make_cfg(f"model={model}", f"sparsity={method}", "logger=csv",
+                   "trainer.limit_train_batches=2", "trainer.limit_val_batches=1")
     if (model, method) in INCOMPATIBLE:
         with pytest.raises(IncompatibleError, match="offers no prunable channel groups"):
             run(cfg, tmp_path)
@@ -54,3 +56,9 @@ def test_every_model_trains_with_every_method(model, method, make_cfg, tmp_path)
     assert 0 < m["params/nonzero"] <= m["params/total"]
     assert (tmp_path / "results.json").is_file() and (tmp_path / "final_model.pt").is_file()
     assert len(results["rounds"]) >= 1
+    # Each epoch logs the global sparsity and every prunable layer's density.
+    (csv_log,) = tmp_path.rglob("metrics.csv")
+    with open(csv_log) as f:
+        columns = next(csv.reader(f))
+    assert "sparsity/global" in columns
+    assert {f"density/{row['name']}" for row in results["layers"]} <= set(columns)

@@ -84,7 +84,7 @@ class SparsityMethod(pl.Callback):
         self.apply_masks()  # after the optimizer step: momentum and weight decay cannot revive a weight
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        pl_module.log("sparsity/global", self.global_sparsity(), sync_dist=False)
+        log_densities(pl_module, self.layer_table())
 
     def state_dict(self) -> dict:
         return {"masks": {name: mask.cpu() for name, mask in self.masks.items()}}
@@ -111,9 +111,7 @@ class SparsityMethod(pl.Callback):
         return rows
 
     def global_sparsity(self) -> float:
-        rows = self.layer_table()
-        total = sum(r["numel"] for r in rows)
-        return 1.0 - sum(r["nonzero"] for r in rows) / total if total else 0.0
+        return sparsity_of(self.layer_table())
 
     def target_sparsity(self) -> float:
         """Sparsity the masks are meant to reach over the prunable weights (after exact rounding)."""
@@ -125,3 +123,16 @@ class SparsityMethod(pl.Callback):
 
     def summary(self) -> dict:
         return {"sparsity/global": self.global_sparsity(), "sparsity/target": self.target_sparsity()}
+
+
+def sparsity_of(rows: list[dict]) -> float:
+    """Fraction of zeros over the layers of a layer table (rows with ``numel`` and ``nonzero``)."""
+    total = sum(r["numel"] for r in rows)
+    return 1.0 - sum(r["nonzero"] for r in rows) / total if total else 0.0
+
+
+def log_densities(pl_module: pl.LightningModule, rows: list[dict]) -> None:
+    """Log ``sparsity/global`` and ``density/<layer>`` for each row of a layer table (once per epoch)."""
+    pl_module.log("sparsity/global", sparsity_of(rows), sync_dist=False)
+    for row in rows:
+        pl_module.log(f"density/{row['name']}", row["nonzero"] / row["numel"], sync_dist=False)

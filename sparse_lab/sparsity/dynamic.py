@@ -172,12 +172,6 @@ class DynamicSparse(SparsityMethod):
         pl_module.log("sparsity/changed", float(changed), on_step=True, on_epoch=False, sync_dist=False)
         pl_module.log("sparsity/update_fraction", self.history[-1]["fraction"], on_step=True, on_epoch=False)
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        if self.scope == "global":  # the layer-wise distribution moves; log it
-            for row in self.layer_table():
-                pl_module.log(f"density/{row['name']}", row["density"], sync_dist=False)
-
     # -- state and reporting ------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {**super().state_dict(), "history": list(self.history), "generator": self._generator.get_state()}

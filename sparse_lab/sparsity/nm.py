@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from sparse_lab.errors import UserError, check_range
-from sparse_lab.sparsity.base import SparsityMethod
+from sparse_lab.sparsity.base import SparsityMethod, log_densities
 from sparse_lab.sparsity.prunable import prunable_parameters
 
 # Up to this M the mask is ranked with M(M-1)/2 pairwise comparisons on a strided view (exact, ties to
@@ -249,7 +249,14 @@ class NMSparsity(SparsityMethod):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.current_n = self.n_at(trainer.global_step)
 
+    @torch.no_grad()
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The stored weights stay dense during training: report the N:M masks the forward uses.
+        rows = [
+            dict(name=p.name, numel=p.numel, nonzero=int(nm_mask(p.param, self.current_n, self.m, input_last(p.module)).sum()))
+            for p in self.params
+        ]
+        log_densities(pl_module, rows)
         pl_module.log("sparsity/nm_n", float(self.current_n), sync_dist=False)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
