@@ -43,11 +43,15 @@ class SparsityMethod(pl.Callback):
     # -- set-up -------------------------------------------------------------------------------
     def attach(self, model: nn.Module, seed: int = 0) -> None:
         """Choose the prunable weights of ``model``, build the masks and zero the pruned weights."""
-        self.params = prunable_parameters(model, self.prune_first_layer, self.prune_classifier, self.exclude)
+        self.params = self.select_params(model)
         if not self.params and self.sparsity > 0:
             raise UserError(f"{self.name}: the model has no prunable weights under the current rule")
         self.target_densities = layer_densities([p.fan_shape for p in self.params], 1.0 - self.sparsity, self.distribution)
         self.set_masks(self.initial_masks(torch.Generator().manual_seed(seed)))
+
+    def select_params(self, model: nn.Module) -> list[PrunableParam]:
+        """The weights this method sparsifies: the project's prunable-parameter rule (methods narrow it)."""
+        return prunable_parameters(model, self.prune_first_layer, self.prune_classifier, self.exclude)
 
     def begin_round(self, index: int, task: pl.LightningModule) -> None:
         """Called before each round's fit. Iterative methods prune, rewind or rebuild ``task.model`` here;

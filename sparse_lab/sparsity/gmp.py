@@ -23,7 +23,7 @@ from sparse_lab.errors import UserError, check_range
 from sparse_lab.sparsity.base import SparsityMethod
 from sparse_lab.sparsity.distributions import layer_densities
 from sparse_lab.sparsity.masks import kept_count, topk_mask
-from sparse_lab.sparsity.prunable import prunable_parameters
+from sparse_lab.sparsity.prunable import PrunableParam
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +73,18 @@ class GradualMagnitudePruning(SparsityMethod):
         self.current_sparsity = 0.0
 
     # -- set-up -------------------------------------------------------------------------------
+    def select_params(self, model: nn.Module) -> list[PrunableParam]:
+        params = super().select_params(model)
+        if not self.pointwise_only:
+            return params
+        pointwise = [p for p in params if is_pointwise_conv(p.module)]
+        if not pointwise and self.sparsity > 0:
+            raise UserError(f"{self.name}: the model has no prunable weights under the current rule (pointwise_only: 1x1 convolutions)")
+        return pointwise
+
     def attach(self, model: nn.Module, seed: int = 0) -> None:
-        self.params = prunable_parameters(model, self.prune_first_layer, self.prune_classifier, self.exclude)
-        if self.pointwise_only:
-            self.params = [p for p in self.params if is_pointwise_conv(p.module)]
-        if not self.params and self.sparsity > 0:
-            rule = " (pointwise_only: 1x1 convolutions)" if self.pointwise_only else ""
-            raise UserError(f"{self.name}: the model has no prunable weights under the current rule{rule}")
-        self.target_densities = layer_densities([p.fan_shape for p in self.params], 1.0 - self.sparsity, self.distribution)
-        self.history = []
-        self.current_sparsity = 0.0
+        self.history, self.current_sparsity = [], 0.0
+        super().attach(model, seed)  # dense (no initial masks) until the schedule prunes
         self.prune_to(self.initial_sparsity, step=0)
 
     def schedule(self, step: int) -> float:

@@ -36,7 +36,6 @@ from sparse_lab.errors import IncompatibleError, UserError, check_range
 from sparse_lab.hardware.macs import count_macs, parameter_counts
 from sparse_lab.sparsity.base import SparsityMethod
 from sparse_lab.sparsity.channels import ChannelGroup, channel_groups, complement
-from sparse_lab.sparsity.prunable import prunable_parameters
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +230,7 @@ class MaskSparsity(SparsityMethod):
         self.groups = []
         self.pruned = True
         # The method's prunable weights and layer table now describe the narrow model.
-        self.params = prunable_parameters(narrow, self.prune_first_layer, self.prune_classifier, self.exclude)
+        self.params = self.select_params(narrow)
         self.target_densities = [1.0] * len(self.params)
         self.set_masks({})
         log.info("masksparsity: removed %s channels; parameters %d -> %d", self.stats["channels_before"], self.stats["params_before"], self.stats["params_after"])

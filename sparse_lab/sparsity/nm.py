@@ -28,7 +28,7 @@ from torch import nn
 
 from sparse_lab.errors import UserError, check_range
 from sparse_lab.sparsity.base import SparsityMethod, log_densities
-from sparse_lab.sparsity.prunable import prunable_parameters
+from sparse_lab.sparsity.prunable import PrunableParam
 
 # Up to this M the mask is ranked with M(M-1)/2 pairwise comparisons on a strided view (exact, ties to
 # the lower index); larger M falls back to topk.
@@ -166,20 +166,21 @@ class NMSparsity(SparsityMethod):
         self._total_steps = 1
 
     # -- set-up -------------------------------------------------------------------------------
-    def attach(self, model: nn.Module, seed: int = 0) -> None:
-        candidates = prunable_parameters(model, self.prune_first_layer, self.prune_classifier, self.exclude)
-        self.params, self.dense_layers = [], []
-        for p in candidates:
+    def select_params(self, model: nn.Module) -> list[PrunableParam]:
+        """Prunable layers whose input size is a multiple of M; the others stay dense and are listed.
+
+        Dense weights are trained (no initial masks); the final N:M mask is applied at the end of fit."""
+        params, self.dense_layers = [], []
+        for p in super().select_params(model):
             size = input_size(p.param, input_last(p.module)) if p.param.ndim >= 2 else None
             if size is not None and size % self.m == 0:
-                self.params.append(p)
+                params.append(p)
             else:
                 reason = f"input dimension {size if size is not None else p.shape} not a multiple of {self.m}"
                 self.dense_layers.append({"name": p.name, "shape": list(p.shape), "reason": reason})
-        if not self.params:
+        if not params:
             raise UserError(f"nm: no prunable layer has an input dimension divisible by m={self.m}")
-        self.target_densities = [self.n / self.m] * len(self.params)
-        self.set_masks({})  # dense weights are trained; the final N:M mask is applied at the end of fit
+        return params
 
     def details(self) -> dict:
         return {
