@@ -36,15 +36,16 @@ def _read_lines(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-
 def _read_cache(cache: Path, expected: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The cached clouds and labels, or None if the cache is unreadable or holds another count."""
     try:
         data = np.load(cache)
         if len(data["labels"]) == expected:
             return torch.from_numpy(data["points"]), torch.from_numpy(data["labels"])
     except (OSError, ValueError, KeyError):
-        return None
+        pass
     return None
+
 
 def read_split(root: Path, split: str, num_points: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Clouds ``[N, num_points, 3]`` (unit ball), labels ``[N]`` and class names of one split."""

@@ -30,6 +30,8 @@ fused bias). The first weight layer (the stem ``SubMConv3d``) and the last (the 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -175,10 +177,7 @@ class PointTransformer(nn.Module):
     def extra_macs(self, inputs, output) -> int:
         """Q·Kᵀ and A·V (N·N·D each) for every cloud of one sample (a sample is [2, N, D]: both frames)."""
         *lead, n, d = output[0].shape
-        clouds = 1
-        for size in lead:
-            clouds *= size
-        return clouds * 2 * n * n * d
+        return math.prod(lead) * 2 * n * n * d
 
 
 class OptimalTransport(nn.Module):
