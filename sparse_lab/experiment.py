@@ -70,7 +70,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         model_cfg = options(cfg.model, drop=("name", "optim"))
         model = build_model(cfg.model.name, modality=info.modality, num_classes=info.num_classes, **info.sizes, **model_cfg)
-        method.attach(model, seed=cfg.seed)
+        method.attach(model, seed=cfg.seed, example_input=datamodule.example_input())
         task = build_task(info, model, options(cfg.model.optim, drop=()))
         loggers = build_loggers(cfg, run_dir, run_name=run_dir.name)
         activations = ActivationSparsity()  # measured on the test set, hooks removed after each test

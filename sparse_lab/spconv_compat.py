@@ -17,8 +17,7 @@ Import ``spconv`` through this module (``from sparse_lab.spconv_compat import sp
 With CUDA present nothing about the stream is replaced; the bias wrapper only acts on CPU tensors.
 ``apply`` is idempotent.
 
-Weight layout of this spconv build (2.3, ``ALL_WEIGHT_IS_KRSC``): ``[C_out, k_D, k_H, k_W, C_in]``;
-see :func:`weight_layout`.
+Recognising sparse convolutions and reading their weight layout is ``sparse_lab.spconv_layout``'s job.
 """
 
 from __future__ import annotations
@@ -94,22 +93,6 @@ def apply() -> None:
         _patch_streams()
     _patch_cpu_bias()
     _applied = True
-
-
-def weight_layout() -> str:
-    """Axis order of a sparse convolution's weight in this spconv build: ``"KRSC"`` = [C_out, *kernel, C_in]
-    or ``"RSKC"`` = [*kernel, C_out, C_in] / ``"RSCK"`` = [*kernel, C_in, C_out] (older native layout)."""
-    from spconv.pytorch import conv
-
-    if getattr(conv, "ALL_WEIGHT_IS_KRSC", True):
-        return "KRSC"
-    return "RSCK" if getattr(conv, "FILTER_HWIO", False) else "RSKC"
-
-
-def is_sparse_conv(module: torch.nn.Module) -> bool:
-    from spconv.pytorch.conv import SparseConvolution
-
-    return isinstance(module, SparseConvolution)
 
 
 apply()

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sparse_lab import spconv_compat
+from sparse_lab import spconv_compat, spconv_layout
 from sparse_lab.spconv_compat import spconv  # noqa: F401
 import spconv.pytorch as sp
 
@@ -40,7 +40,7 @@ def gather(grid, coords):
 
 
 def dense_weight(conv):
-    assert spconv_compat.weight_layout() == "KRSC"
+    assert spconv_layout.layout(conv) == "KRSC" and spconv_layout.input_channel_dim(conv) == -1
     return conv.weight.permute(0, 4, 1, 2, 3)  # [C_out, C_in, kD, kH, kW]
 
 

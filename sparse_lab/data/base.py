@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from sparse_lab.errors import UserError, check_range
-
-
-@dataclass(frozen=True)
-class DataInfo:
-    """What a model is built from and which task trains it."""
-
-    modality: str  # image | point_cloud | point_cloud_pair | ...
-    num_classes: int
-    task: str = "classification"
-    sizes: dict = field(default_factory=dict)  # passed to the model constructor, e.g. image_size, in_chans
 
 
 def seeded_split(n: int, fractions: tuple[float, ...], seed: int) -> list[torch.Tensor]:

@@ -12,7 +12,8 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from sparse_lab.data import DATASETS
-from sparse_lab.data.base import DataInfo, ImageDataModule, holdout_split
+from sparse_lab.data.base import ImageDataModule, holdout_split
+from sparse_lab.protocols import DataInfo
 from sparse_lab.errors import UserError
 
 FOLDER = "cifar-10-batches-py"

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from sparse_lab.data import DATASETS
-from sparse_lab.data.base import DataInfo, ImageDataModule, seeded_split
+from sparse_lab.data.base import ImageDataModule, seeded_split
+from sparse_lab.protocols import DataInfo
 from sparse_lab.errors import UserError
 
 

@@ -12,7 +12,8 @@ from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
 from sparse_lab.data import DATASETS
-from sparse_lab.data.base import DataInfo, ImageDataModule
+from sparse_lab.data.base import ImageDataModule
+from sparse_lab.protocols import DataInfo
 from sparse_lab.errors import UserError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from sparse_lab.data import DATASETS
-from sparse_lab.data.base import DataInfo, holdout_split
+from sparse_lab.data.base import holdout_split
+from sparse_lab.protocols import DataInfo
 from sparse_lab.data.points import VOXEL_FEATURES, PointCloudDataModule, PointsDataset, normalize_unit_sphere
 from sparse_lab.errors import UserError
 

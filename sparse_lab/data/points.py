@@ -1,7 +1,6 @@
 """Point-cloud classification data: voxelization into sparse-convolution inputs, and the datamodule base.
 
-A batch is ``(VoxelBatch, labels)``. ``VoxelBatch`` is what spconv's ``SparseConvTensor`` is built
-from, in plain tensors so Lightning moves it between devices like any batch:
+A batch is ``(VoxelBatch, labels)`` (``sparse_lab.batches``); here:
 
 - ``features`` ``[V, C]`` float: per occupied voxel, the mean x, y, z of its points (in [-1, 1]) and a
   constant 1 (occupancy), so ``C = 4``;
@@ -13,26 +12,15 @@ from, in plain tensors so Lightning moves it between devices like any batch:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from sparse_lab.batches import VoxelBatch
 from sparse_lab.data.base import ImageDataModule
 from sparse_lab.errors import UserError
 
 VOXEL_FEATURES = 4  # mean x, y, z + occupancy
-
-
-@dataclass
-class VoxelBatch:
-    features: torch.Tensor  # [V, C] float
-    coords: torch.Tensor  # [V, 4] int32: batch, z, y, x
-    spatial_shape: tuple[int, int, int]
-    batch_size: int
-
-    def __len__(self) -> int:
-        return self.batch_size
 
 
 def grid_size(voxel_size: float) -> int:

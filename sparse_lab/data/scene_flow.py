@@ -31,7 +31,8 @@ import torch
 from torch.utils.data import Dataset
 
 from sparse_lab.data import DATASETS
-from sparse_lab.data.base import DataInfo, ImageDataModule, seeded_split
+from sparse_lab.data.base import ImageDataModule, seeded_split
+from sparse_lab.protocols import DataInfo
 from sparse_lab.errors import UserError
 
 DEPTH_THRESHOLD = 35.0  # metres (HPLFlowNet, DEPTH_THRESHOLD)

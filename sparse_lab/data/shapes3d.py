@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from sparse_lab.data import DATASETS
-from sparse_lab.data.base import DataInfo
+from sparse_lab.protocols import DataInfo
 from sparse_lab.data.points import VOXEL_FEATURES, PointCloudDataModule, PointsDataset
 from sparse_lab.errors import UserError, check_range
 

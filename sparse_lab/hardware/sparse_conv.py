@@ -23,28 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-def is_sparse_conv(module: nn.Module) -> bool:
-    """A spconv SparseConvolution (recognised without importing spconv unless the module is one)."""
-    if not type(module).__module__.startswith("spconv."):
-        return False
-    from spconv.pytorch.conv import SparseConvolution
-
-    return isinstance(module, SparseConvolution)
-
-
-def kernel_major_weight(module: nn.Module) -> torch.Tensor:
-    """The weight as ``[K, C_out, C_in]`` with ``K = prod(kernel_size)`` in (k_D, k_H, k_W) order."""
-    from sparse_lab.spconv_compat import weight_layout
-
-    w = module.weight
-    kvol = w.numel() // (module.in_channels * module.out_channels)
-    layout = weight_layout() if getattr(module, "algo", None) is None or module.algo.name == "Native" else "KRSC"
-    if layout == "KRSC":  # [C_out, *kernel, C_in]
-        return w.reshape(module.out_channels, kvol, module.in_channels).transpose(0, 1)
-    if layout == "RSKC":  # [*kernel, C_out, C_in]
-        return w.reshape(kvol, module.out_channels, module.in_channels)
-    return w.reshape(kvol, module.in_channels, module.out_channels).transpose(1, 2)  # RSCK
+from sparse_lab.spconv_layout import is_sparse_conv, kernel_major_weight  # noqa: F401  (re-exported)
 
 
 def _keys(indices: torch.Tensor, shape: list[int]) -> torch.Tensor:

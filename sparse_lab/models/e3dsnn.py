@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sparse_lab.data.points import VoxelBatch
+from sparse_lab.batches import VoxelBatch
 from sparse_lab.errors import UserError
 from sparse_lab.models import MODELS
 from sparse_lab.models.presets import resolve_preset

@@ -41,8 +41,11 @@ class SparsityMethod(pl.Callback):
         self._multipliers: list[torch.Tensor] = []
 
     # -- set-up -------------------------------------------------------------------------------
-    def attach(self, model: nn.Module, seed: int = 0) -> None:
-        """Choose the prunable weights of ``model``, build the masks and zero the pruned weights."""
+    def attach(self, model: nn.Module, seed: int = 0, example_input=None) -> None:
+        """Choose the prunable weights of ``model``, build the masks and zero the pruned weights.
+
+        ``example_input`` (one sample, as the datamodule's ``example_input()``) is for methods that
+        must trace or measure the model (structured methods on models that declare no channel groups)."""
         self.params = self.select_params(model)
         if not self.params and self.sparsity > 0:
             raise UserError(f"{self.name}: the model has no prunable weights under the current rule")

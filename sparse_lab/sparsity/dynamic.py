@@ -68,8 +68,8 @@ class DynamicSparse(SparsityMethod):
         self._generator = torch.Generator()
 
     # -- set-up -------------------------------------------------------------------------------
-    def attach(self, model: nn.Module, seed: int = 0) -> None:
-        super().attach(model, seed)
+    def attach(self, model: nn.Module, seed: int = 0, example_input=None) -> None:
+        super().attach(model, seed, example_input)
         # Same seed on every rank -> identical random growth decisions everywhere.
         self._generator = torch.Generator().manual_seed(seed + 1)
 

@@ -82,9 +82,9 @@ class GradualMagnitudePruning(SparsityMethod):
             raise UserError(f"{self.name}: the model has no prunable weights under the current rule (pointwise_only: 1x1 convolutions)")
         return pointwise
 
-    def attach(self, model: nn.Module, seed: int = 0) -> None:
+    def attach(self, model: nn.Module, seed: int = 0, example_input=None) -> None:
         self.history, self.current_sparsity = [], 0.0
-        super().attach(model, seed)  # dense (no initial masks) until the schedule prunes
+        super().attach(model, seed, example_input)  # dense (no initial masks) until the schedule prunes
         self.prune_to(self.initial_sparsity, step=0)
 
     def schedule(self, step: int) -> float:

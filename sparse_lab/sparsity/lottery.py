@@ -69,8 +69,8 @@ class LotteryTicket(SparsityMethod):
         self.history: list[dict] = []
 
     # -- set-up -------------------------------------------------------------------------------
-    def attach(self, model: torch.nn.Module, seed: int = 0) -> None:
-        super().attach(model, seed)
+    def attach(self, model: torch.nn.Module, seed: int = 0, example_input=None) -> None:
+        super().attach(model, seed, example_input)
         self.target_densities = [1.0] * len(self.params)
         self.init_state = _snapshot(model)
         if self.rewind_step == 0:

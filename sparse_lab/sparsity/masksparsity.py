@@ -130,14 +130,14 @@ class MaskSparsity(SparsityMethod):
         self.stats: dict = {}
 
     # -- set-up -------------------------------------------------------------------------------
-    def attach(self, model: nn.Module, seed: int = 0) -> None:
+    def attach(self, model: nn.Module, seed: int = 0, example_input=None) -> None:
         self.groups = channel_groups(model, add_gates=True)
         if not self.groups:
             raise IncompatibleError(
                 f"masksparsity: {type(model).__name__} offers no prunable channel groups "
                 "(supported: MobileNetV1/V2 BatchNorm chains, ViT/STViT attention heads and MLP units)"
             )
-        super().attach(model, seed)
+        super().attach(model, seed, example_input)
         self.stats["channels_before"] = self._channel_counts(self.groups)
 
     @staticmethod
