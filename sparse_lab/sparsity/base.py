@@ -17,7 +17,6 @@ from sparse_lab.sparsity.prunable import PrunableParam, prunable_parameters
 
 
 class SparsityMethod(pl.Callback):
-    name = "base"
     rounds = 1  # full train/test cycles per run (iterative methods have more)
 
     def __init__(
@@ -39,6 +38,11 @@ class SparsityMethod(pl.Callback):
         self.masks: dict[str, torch.Tensor] = {}
         self._masked: list[torch.Tensor] = []  # weights that have a mask, aligned with _multipliers
         self._multipliers: list[torch.Tensor] = []
+
+    @property
+    def name(self) -> str:
+        """The registered name (``@METHODS.register``); a plug-in method's class name otherwise."""
+        return type(self).__dict__.get("registered_name", type(self).__name__)
 
     # -- set-up -------------------------------------------------------------------------------
     def attach(self, model: nn.Module, seed: int = 0, example_input=None) -> None:

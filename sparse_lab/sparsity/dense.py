@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from sparse_lab.sparsity import METHODS
 from sparse_lab.sparsity.base import SparsityMethod
 
 
+@METHODS.register("dense")
 class Dense(SparsityMethod):
-    name = "dense"
-
     def __init__(self, **kwargs):
         super().__init__(sparsity=0.0, **{k: v for k, v in kwargs.items() if k != "sparsity"})

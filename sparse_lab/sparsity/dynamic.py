@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from sparse_lab.errors import UserError, check_range
+from sparse_lab.sparsity import METHODS
 from sparse_lab.sparsity.base import SparsityMethod
 from sparse_lab.sparsity.masks import kept_count, random_mask
 
@@ -36,7 +37,6 @@ DECAYS = ("cosine", "constant")
 class DynamicSparse(SparsityMethod):
     """Drop by magnitude, grow by ``grow`` ("gradient" | "random"), per layer or globally."""
 
-    name = "dynamic"
     grow = "gradient"
     scope = "layer"
 
@@ -209,14 +209,14 @@ def reset_optimizer_state(optimizers, weight: torch.Tensor, flat_index: torch.Te
                 value.view(-1)[flat_index] = 0
 
 
+@METHODS.register("rigl")
 class RigL(DynamicSparse):
-    name = "rigl"
     grow = "gradient"
     scope = "layer"
 
 
+@METHODS.register("set")
 class SET(DynamicSparse):
-    name = "set"
     grow = "random"
     scope = "layer"
 
@@ -225,8 +225,8 @@ class SET(DynamicSparse):
         super().__init__(sparsity, distribution, delta_t, alpha, final_alpha, decay, end_fraction, **kwargs)
 
 
+@METHODS.register("dsl")
 class DSL(DynamicSparse):
-    name = "dsl"
     grow = "gradient"
     scope = "global"
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from sparse_lab.errors import UserError, check_range
+from sparse_lab.sparsity import METHODS
 from sparse_lab.sparsity.base import SparsityMethod
 from sparse_lab.sparsity.distributions import layer_densities
 from sparse_lab.sparsity.masks import kept_count, topk_mask
@@ -44,9 +45,8 @@ def is_pointwise_conv(module: nn.Module) -> bool:
     )
 
 
+@METHODS.register("gmp")
 class GradualMagnitudePruning(SparsityMethod):
-    name = "gmp"
-
     def __init__(
         self,
         sparsity: float = 0.8,

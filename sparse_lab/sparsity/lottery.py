@@ -28,15 +28,15 @@ import pytorch_lightning as pl
 import torch
 
 from sparse_lab.errors import UserError, check_range
+from sparse_lab.sparsity import METHODS
 from sparse_lab.sparsity.base import SparsityMethod
 from sparse_lab.sparsity.masks import kept_count, topk_mask
 
 SCOPES = ("global", "layerwise")
 
 
+@METHODS.register("lottery")
 class LotteryTicket(SparsityMethod):
-    name = "lottery"
-
     def __init__(
         self,
         rounds: int = 5,

@@ -34,6 +34,7 @@ from torch import nn
 
 from sparse_lab.errors import IncompatibleError, UserError, check_range
 from sparse_lab.hardware.macs import count_macs, parameter_counts
+from sparse_lab.sparsity import METHODS
 from sparse_lab.sparsity.base import SparsityMethod
 from sparse_lab.sparsity.channels import ChannelGroup, channel_groups, complement
 
@@ -90,8 +91,8 @@ def select_channels(
     return {g.name: torch.tensor(sorted(c), dtype=torch.long) for g, c in zip(groups, chosen)}
 
 
+@METHODS.register("masksparsity")
 class MaskSparsity(SparsityMethod):
-    name = "masksparsity"
     rounds = 2  # round 0: warm-up + pruning-aware regularisation; round 1: physical removal + fine-tuning
 
     def __init__(

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from sparse_lab.errors import UserError, check_range
+from sparse_lab.sparsity import METHODS
 from sparse_lab.sparsity.base import SparsityMethod, log_densities
 from sparse_lab.sparsity.prunable import PrunableParam
 
@@ -132,9 +133,8 @@ def sr_ste_weight(weight: torch.Tensor, mask: torch.Tensor, decay: float) -> tor
     return _MaskedWeight.apply(weight, mask.to(weight.dtype), float(decay))
 
 
+@METHODS.register("nm")
 class NMSparsity(SparsityMethod):
-    name = "nm"
-
     def __init__(
         self,
         n: int = 2,

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import torch
 
+from sparse_lab.sparsity import METHODS
 from sparse_lab.sparsity.base import SparsityMethod
 from sparse_lab.sparsity.masks import kept_count, random_mask
 
 
+@METHODS.register("random")
 class RandomPruning(SparsityMethod):
-    name = "random"
-
     def initial_masks(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
         return {
             p.name: random_mask(p.shape, kept_count(density, p.numel), generator)
