@@ -21,7 +21,7 @@ from torch import nn
 
 from sparse_lab.data.points import voxelize
 from sparse_lab.data.shapes3d import Shapes3DDataModule
-from sparse_lab.hardware.macs import count_macs
+from sparse_lab.measure import count_macs
 from sparse_lab.models import build_model
 from sparse_lab.models.e3dsnn import PRESETS, IntegerLIF
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from sparse_lab.hardware.macs import count_macs, parameter_counts
+from sparse_lab.measure import count_macs, parameter_counts
 from sparse_lab.models import build_model
 
 SIZES = [("Ti", "vit_ti16", "stvit_ti16"), ("S", "vit_s16", "stvit_s16"), ("B", "vit_b16", "stvit_b16")]

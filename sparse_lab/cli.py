@@ -19,7 +19,9 @@ commands:
                       -m/--multirun  sweep: sparse-lab train -m model=vit,mobilenet_v2 seed=0,1
                       --cfg job      print the composed config and exit
                       --help         Hydra's help for the train command
-  list                every config group with its options and what each one is
+  list [hydra.searchpath=[file://DIR]]
+                      every config group with its options and what each one is
+                      (with your own config folder's options too)
   --version           print the version
 
 Runs go to outputs/runs/<date>/<time>_<data>_<model>_<sparsity>/ (sweeps to outputs/multirun/),
@@ -39,9 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sparse-lab {__version__}")
         return 0
     if command == "list":
-        from sparse_lab.catalog import format_catalog
+        from sparse_lab.catalog import format_catalog, search_path_dirs
 
-        print(format_catalog(CONFIG_DIR), end="")
+        print(format_catalog(CONFIG_DIR, search_path_dirs(rest)), end="")
         return 0
     if command == "train":
         return train(rest)

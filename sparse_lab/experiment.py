@@ -12,31 +12,51 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import move_data_to_device
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from sparse_lab.data import build_datamodule
+from sparse_lab.data import DATASETS
 from sparse_lab.errors import UserError
-from sparse_lab.hardware.targets import build_target
+from sparse_lab.hardware.targets import TARGETS
 from sparse_lab.loggers import build_loggers, finish, log_final
-from sparse_lab.models import build_model
+from sparse_lab.measure import ActivationSparsity, SpikeStats
+from sparse_lab.model_summary import ModelSummaryWithoutFlops
+from sparse_lab.models import model_from_config
 from sparse_lab.results import RunResults
-from sparse_lab.sparsity import build_method
+from sparse_lab.sparsity import METHODS
 from sparse_lab.summary import print_summary
 from sparse_lab.tasks import build_task
-from sparse_lab.tasks.activations import ActivationSparsity
 
 log = logging.getLogger(__name__)
 
 
-def options(group: DictConfig, drop: tuple[str, ...] = ("name",)) -> dict:
-    """A config group's entries as constructor keyword arguments."""
+def options(group: DictConfig, drop: tuple[str, ...] = ()) -> dict:
+    """A config group's entries, resolved (``name`` / ``_target_`` included: the registries read them)."""
     return {k: v for k, v in OmegaConf.to_container(group, resolve=True).items() if k not in drop}
+
+
+# pl.Trainer arguments the run sets itself, with what the user sets instead; configs/trainer/default.yaml
+# lists every other argument.
+RUN_TRAINER_ARGS = {
+    "accelerator": "the hardware target chooses it (hardware=<target>)",
+    "logger": "choose loggers with logger=<option>",
+    "callbacks": "the run adds the sparsity method, checkpointing, progress bar and model summary",
+    "default_root_dir": "it is the run directory (hydra.run.dir)",
+}
 
 
 def build_trainer(cfg: DictConfig, accelerator: str, callbacks: list, loggers: list, run_dir: Path) -> pl.Trainer:
     trainer_args = options(cfg.trainer, drop=())
-    if trainer_args.get("enable_checkpointing", True):
+    clash = sorted(RUN_TRAINER_ARGS.keys() & trainer_args.keys())
+    if clash:
+        raise UserError(f"trainer.{clash[0]} cannot be set: {RUN_TRAINER_ARGS[clash[0]]}")
+
+    def enabled(flag: str) -> bool:
+        # null is Lightning's default and means on, except in barebones mode, which turns these features off.
+        return trainer_args.get(flag) is not False and not trainer_args.get("barebones")
+
+    if enabled("enable_checkpointing"):
         callbacks = callbacks + [
             pl.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
         ]
@@ -44,15 +64,20 @@ def build_trainer(cfg: DictConfig, accelerator: str, callbacks: list, loggers: l
         # CUDA has no deterministic kernel for some backward ops the models use (adaptive pooling,
         # index_add): warn about those instead of refusing to train.
         trainer_args["deterministic"] = "warn"
-    if trainer_args.get("enable_progress_bar", True):
+    if enabled("enable_progress_bar"):
         callbacks = callbacks + [pl.callbacks.RichProgressBar()]
-    return pl.Trainer(
-        accelerator=accelerator,
-        default_root_dir=str(run_dir),
-        logger=loggers or False,
-        callbacks=callbacks,
-        **trainer_args,
-    )
+    if enabled("enable_model_summary"):
+        callbacks = callbacks + [ModelSummaryWithoutFlops()]  # Lightning's FLOPs line would read 0: see its module
+    try:
+        return pl.Trainer(
+            accelerator=accelerator,
+            default_root_dir=str(run_dir),
+            logger=loggers or False,
+            callbacks=callbacks,
+            **trainer_args,
+        )
+    except (ValueError, TypeError, MisconfigurationException) as exc:  # a bad trainer.<arg> value
+        raise UserError(f"trainer: {exc}") from None
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
@@ -63,21 +88,23 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     loggers = []
     try:
         # Everything that validates user input is built before any training starts.
-        method = build_method(cfg.sparsity.name, **options(cfg.sparsity))
-        target = build_target(cfg.hardware.name, **options(cfg.hardware))
-        datamodule = build_datamodule(cfg.data.name, **options(cfg.data))
+        method = METHODS.from_config(options(cfg.sparsity))
+        target = TARGETS.from_config(options(cfg.hardware))
+        datamodule = DATASETS.from_config(options(cfg.data))
         info = datamodule.info
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        model_cfg = options(cfg.model, drop=("name", "optim"))
-        model = build_model(cfg.model.name, modality=info.modality, num_classes=info.num_classes, **info.sizes, **model_cfg)
+        model_options = options(cfg.model, drop=("optim",))
+        model = model_from_config(model_options, info)
         method.attach(model, seed=cfg.seed, example_input=datamodule.example_input())
-        task = build_task(info, model, options(cfg.model.optim, drop=()))
+        task = build_task(info, model, options(cfg.model.optim) if "optim" in cfg.model else {})
         loggers = build_loggers(cfg, run_dir, run_name=run_dir.name)
-        activations = ActivationSparsity()  # measured on the test set, hooks removed after each test
+        # Measured on the test set, hooks removed after each test; spike statistics priced by the target.
+        activations = ActivationSparsity()
+        measures = [activations, SpikeStats(target.energy_uj)]  # SpikeStats: models with spiking layers only
 
         for round_index in range(method.rounds):
             method.begin_round(round_index, task)
-            trainer = build_trainer(cfg, target.accelerator, [method, activations], loggers, run_dir)
+            trainer = build_trainer(cfg, target.accelerator, [method, *measures], loggers, run_dir)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", ".*does not have many workers.*")
                 trainer.fit(task, datamodule=datamodule)

@@ -6,6 +6,8 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from sparse_lab.registry import component_name
+
 ROWS = [
     ("test accuracy", "test/acc", "{:.2%}"),
     ("test EPE3D, m (zero-flow baseline)", ("test/epe3d", "test/epe3d_zero_flow"), "{:.4f} ({:.4f})"),
@@ -25,7 +27,7 @@ ROWS = [
 
 def print_summary(cfg: DictConfig, results: dict) -> None:
     metrics = results["metrics"]
-    title = f"{cfg.data.name} · {cfg.model.name} · {cfg.sparsity.name} · {cfg.hardware.name}"
+    title = " · ".join(component_name(cfg[group]) for group in ("data", "model", "sparsity", "hardware"))
     table = Table(title=title, show_header=False)
     table.add_column("metric")
     table.add_column("value", justify="right")

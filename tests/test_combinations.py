@@ -8,21 +8,25 @@ import csv
 import math
 
 import pytest
+from hydra import compose, initialize_config_dir
 
 from sparse_lab.cli import CONFIG_DIR
 from sparse_lab.errors import IncompatibleError
 from sparse_lab.experiment import run
 
-import yaml
-
 MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
 
 
 def one_config_per_method() -> list[str]:
-    """Presets of one method (nm, nm14, nm24, nm48) share its code: the first by name stands for all."""
+    """Presets of one method (nm, nm14, nm24, nm48) share its code: the first by name stands for all.
+
+    Each option is composed as `sparse-lab train sparsity=<option>` would, so a preset that takes `name`
+    from another config through its defaults list counts as that method."""
     chosen: dict[str, str] = {}
-    for path in sorted((CONFIG_DIR / "sparsity").glob("*.yaml")):
-        chosen.setdefault(yaml.safe_load(path.read_text())["name"], path.stem)
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        for path in sorted((CONFIG_DIR / "sparsity").glob("*.yaml")):
+            sparsity = compose("config", overrides=[f"sparsity={path.stem}"]).sparsity
+            chosen.setdefault(sparsity.get("name") or sparsity.get("_target_"), path.stem)
     return sorted(chosen.values())
 
 

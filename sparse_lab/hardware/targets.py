@@ -3,34 +3,52 @@
 A target also picks the Lightning accelerator. Its profile of a trained model reports dense MACs,
 effective MACs (every zero weight skipped), the MACs the target actually executes, an energy
 estimate from those, parameters, and the measured latency on the machine the run uses.
+
+Energy constants are not written here: each target's config (``configs/hardware/<name>.yaml``) gives
+them with their source, so an override such as ``hardware.energy_pj_per_mac=...`` reaches every figure
+the target prices (``energy/uJ`` and a spiking model's ``snn/energy_uJ``). A target of your own is a
+subclass named by ``_target_:`` in a config of yours.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from sparse_lab.errors import UserError
-from sparse_lab.hardware.latency import measure_latency_ms
-from sparse_lab.hardware.macs import count_macs, parameter_counts
+from sparse_lab.measure import count_macs, measure_latency_ms, parameter_counts
 from sparse_lab.registry import Registry
 
-TARGETS: Registry["HardwareTarget"] = Registry("hardware target")
 
-
-@dataclass
 class HardwareTarget:
-    name: str
-    accelerator: str = "cpu"
-    skips_zero_weights: bool = False  # True: kernels skip every zero weight (unstructured sparsity)
-    energy_pj_per_mac: float = 4.6  # 45 nm 32-bit float MAC (Horowitz 2014)
+    accelerator = "cpu"  # the Lightning accelerator: "cpu" | "gpu"
+    skips_zero_weights = False  # True: kernels skip every zero weight (unstructured sparsity)
+
+    def __init__(self, *, energy_pj_per_mac: float | None = None, energy_pj_per_sop: float | None = None):
+        # No price is built in: a config without one (a target of your own, a `~hardware.…` override) says so.
+        prices = {"energy_pj_per_mac": energy_pj_per_mac, "energy_pj_per_sop": energy_pj_per_sop}
+        missing = [f"hardware.{key}" for key, value in prices.items() if value is None]
+        if missing:
+            raise UserError(f"hardware target {self.name}: its config gives no {' or '.join(missing)} (pJ)")
+        self.energy_pj_per_mac = float(energy_pj_per_mac)  # one multiply-accumulate
+        self.energy_pj_per_sop = float(energy_pj_per_sop)  # one synaptic operation: a spike reaching one neuron
+
+    @property
+    def name(self) -> str:
+        """The registered name (``@TARGETS.register``); a plug-in target's class name otherwise."""
+        return type(self).__dict__.get("registered_name", type(self).__name__)
+
+    def __repr__(self) -> str:
+        return f"{self.name}(energy_pj_per_mac={self.energy_pj_per_mac}, energy_pj_per_sop={self.energy_pj_per_sop})"
 
     @property
     def device(self) -> torch.device:
         """Where the trained model is profiled (Lightning hands it back on the CPU after testing)."""
         return torch.device("cuda" if self.accelerator == "gpu" else "cpu")
+
+    def energy_uj(self, macs: float, sops: float = 0.0) -> float:
+        """Energy in µJ of ``macs`` multiply-accumulates and ``sops`` synaptic operations at this target's prices."""
+        return (self.energy_pj_per_mac * macs + self.energy_pj_per_sop * sops) * 1e-6
 
     def profile(self, model: nn.Module, example_input) -> tuple[dict, list[dict]]:
         """Summary metrics and a per-layer MAC table of ``model`` for one sample."""
@@ -43,7 +61,7 @@ class HardwareTarget:
             "macs/dense": dense,
             "macs/effective": effective,
             "macs/target": on_target,
-            "energy/uJ": on_target * self.energy_pj_per_mac * 1e-6,
+            "energy/uJ": self.energy_uj(on_target),
             "params/total": total,
             "params/nonzero": nonzero,
             "latency/ms": measure_latency_ms(model, example_input),
@@ -52,28 +70,31 @@ class HardwareTarget:
         return metrics, table
 
 
+TARGETS: Registry[HardwareTarget] = Registry("hardware target")
+
+
 @TARGETS.register("cpu")
-def cpu(**kwargs) -> HardwareTarget:
+class CpuTarget(HardwareTarget):
     """Dense kernels on the CPU: zeros cost as much as any weight."""
-    return HardwareTarget(name="cpu", accelerator="cpu", skips_zero_weights=False, **kwargs)
 
 
 @TARGETS.register("ideal")
-def ideal(**kwargs) -> HardwareTarget:
+class IdealTarget(HardwareTarget):
     """An upper bound: every zero weight is skipped (runs on the CPU)."""
-    return HardwareTarget(name="ideal", accelerator="cpu", skips_zero_weights=True, **kwargs)
+
+    skips_zero_weights = True
 
 
 @TARGETS.register("cuda")
-def cuda(**kwargs) -> HardwareTarget:
+class CudaTarget(HardwareTarget):
     """Dense kernels on an NVIDIA GPU: trains and measures latency there."""
-    if not torch.cuda.is_available():
-        raise UserError("hardware=cuda needs a CUDA GPU, and torch sees none; use hardware=cpu")
-    return HardwareTarget(name="cuda", accelerator="gpu", skips_zero_weights=False, **kwargs)
 
+    accelerator = "gpu"
 
-def build_target(name: str, **kwargs) -> HardwareTarget:
-    return TARGETS.build(name, **kwargs)
+    def __init__(self, **prices: float):
+        if not torch.cuda.is_available():
+            raise UserError("hardware=cuda needs a CUDA GPU, and torch sees none; use hardware=cpu")
+        super().__init__(**prices)
 
 
 from sparse_lab.hardware import neuromorphic  # noqa: E402,F401  (registers the neuromorphic target)

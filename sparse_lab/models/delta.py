@@ -6,7 +6,7 @@ straight-through estimator in the backward pass). The next weight layer, wrapped
 computes on Δ (what a delta-network accelerator executes: zeros cost nothing) and sums its outputs
 over time, so y_t = W·Σ_{s≤t} Δ_s + b = W·Q(a_t) + b: the network's function is unchanged (up to
 quantization) while its inputs become temporally sparse. During training the layer keeps the mean
-|Δ| of the last forward; the model's ``auxiliary_loss()`` adds λ·Σ mean|Δ| (L1 as a proxy of L0),
+|Δ| of the last forward; the model's ``auxiliary_losses`` add λ·Σ mean|Δ| (L1 as a proxy of L0),
 which the classification task adds to the loss.
 
 Temporal sparsity = fraction of zero Δ. With ``enabled=False`` the layer is the identity (the
@@ -25,6 +25,8 @@ from torch import nn
 
 from sparse_lab.errors import UserError
 from sparse_lab.models import MODELS
+from sparse_lab.protocols import ChannelGroup
+from sparse_lab.surgery import Consumer, ConvBN, bn_chain_group
 
 
 def quantize(x: torch.Tensor, step: float) -> torch.Tensor:
@@ -96,6 +98,8 @@ class DeltaCNN(nn.Module):
     """Frame-wise CNN on [B, T, C, H, W] clips; Delta Activation Layers after every ReLU."""
 
     input_modality = "video"
+    input_layer_names = ("features.0",)  # protocols.DenseLayers
+    output_layer_names = ("classifier.layer",)
 
     def __init__(
         self,
@@ -138,12 +142,33 @@ class DeltaCNN(nn.Module):
     def delta_layers(self) -> list[DeltaActivation]:
         return [m for m in self.modules() if isinstance(m, DeltaActivation)]
 
-    def auxiliary_loss(self) -> torch.Tensor | None:
-        """λ · Σ mean|Δ| over the Delta layers of the last training forward (None when off)."""
+    def channel_groups(self, prefix: str, add_gates: bool) -> list[ChannelGroup]:
+        """Each stage's channels (``protocols.ChannelGroups``): conv -> BN -> ReLU -> Delta -> the next stage's
+        ``Accumulate(conv)``, the last stage's -> spatial mean -> the classifier's ``Accumulate(Linear)``.
+        Scale: the stage's BN γ. A channel with γ = 0 sends Δ_1 = Q(ReLU(β)) and zeros after it, which the
+        accumulation turns into the constant Q(ReLU(β)) (ReLU(β) with Delta layers off). The classifier folds
+        it into its bias (exact); a next stage's padded 3x3 conv cannot, so removal there is exact when
+        Q(ReLU(β)) is 0 (β < delta_step / 2; β ≤ 0 with Delta layers off)."""
+        stages = [self.features[i:i + 4] for i in range(0, len(self.features), 4)]
+        names = [f"{prefix}features.{4 * i}" + (".layer" if i else "") for i in range(len(stages))]
+        readers = [Consumer(name, stage[0].layer, bn=stage[1]) for name, stage in zip(names[1:], stages[1:])]
+        readers.append(Consumer(f"{prefix}classifier.layer", self.classifier.layer))
+        groups = []
+        for i, ((weight, bn, relu, delta), name, reader) in enumerate(zip(stages, names, readers)):
+            conv = weight.layer if i else weight
+
+            def constant(beta: torch.Tensor, relu=relu, delta=delta) -> torch.Tensor:
+                return quantize(relu(beta), delta.step) if delta.enabled else relu(beta)
+
+            groups.append(bn_chain_group(f"{prefix}features.{4 * i}", ConvBN(name, conv, bn), constant, reader))
+        return groups
+
+    def auxiliary_losses(self, output: torch.Tensor, target: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
+        """``delta_l1``: λ · Σ mean|Δ| over the Delta layers of the last training forward (none when off)."""
         if not self.training or not self.delta_enabled or self.delta_penalty == 0:
-            return None
+            return {}
         terms = [m.l1 for m in self.delta_layers() if m.l1 is not None]
-        return self.delta_penalty * torch.stack(terms).sum() if terms else None
+        return {"delta_l1": self.delta_penalty * torch.stack(terms).sum()} if terms else {}
 
 
 @MODELS.register("delta_cnn")

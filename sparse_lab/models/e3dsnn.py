@@ -12,7 +12,7 @@ A spiking sparse CNN for voxelized point clouds, on spconv:
   convolution (halves the grid) -> BatchNorm, followed by ``depth`` residual blocks of three
   submanifold 3x3x3 convolutions, each ``spike -> SubMConv3d -> BN`` (the first added to the block
   input, the next two added to that). Convolutions that read spikes only accumulate: their cost is
-  counted in synaptic operations (SOPs), see ``sparse_lab/hardware/sops.py``.
+  counted in synaptic operations (SOPs), see ``sparse_lab/measure/sops.py``.
 - **Head**: spikes -> mean over the active sites of each cloud -> Linear.
 
 Sparse convolutions have ``bias=False`` (BatchNorm follows each), which also keeps them clear of
@@ -33,6 +33,8 @@ from sparse_lab.batches import VoxelBatch
 from sparse_lab.errors import UserError
 from sparse_lab.models import MODELS
 from sparse_lab.models.presets import resolve_preset
+from sparse_lab.protocols import ChannelGroup
+from sparse_lab.surgery import Consumer, ConvBN, bn_chain_group
 from sparse_lab.spconv_compat import spconv  # noqa: F401  (CPU backward + eval bias)
 
 import spconv.pytorch as sp  # noqa: E402
@@ -63,7 +65,7 @@ class MultiSpike(torch.autograd.Function):
 class IntegerLIF(nn.Module):
     """Integer-valued spiking neuron, T=1, ``levels`` = D (spike counts 0..D)."""
 
-    activation_kind = "spikes"  # read by sparse_lab.tasks.activations and sparse_lab.hardware.sops
+    activation_kind = "spikes"  # read by sparse_lab.measure.activations and sparse_lab.measure.sops
 
     def __init__(self, levels: int = 4):
         super().__init__()
@@ -104,6 +106,15 @@ class SpikeConvBN(nn.Module):
         return _features(self.bn, self.conv(x))
 
 
+def unit_chain(name: str, unit: SpikeConvBN, consumer_name: str, consumer: SpikeConvBN) -> ChannelGroup:
+    """The output channels of ``unit`` when they feed only ``consumer``'s spiking neuron and sparse conv.
+    Scale: ``unit``'s BN γ. A channel with γ = 0 sends the constant spike count round(clamp(β, 0, D)) into a
+    3x3x3 (or 2x2x2 strided) sparse conv, whose response to a constant depends on the active neighbours of
+    each site: nothing can be folded, and removal is exact when that count is 0 (β < 0.5)."""
+    return bn_chain_group(name, ConvBN(f"{name}.conv", unit.conv, unit.bn), consumer.spike,
+                          Consumer(f"{consumer_name}.conv", consumer.conv, bn=consumer.bn))
+
+
 class SpikeBlock(nn.Module):
     """Residual Spike Sparse Convolution block: three spike -> SubMConv3d -> BN units."""
 
@@ -117,10 +128,17 @@ class SpikeBlock(nn.Module):
         x = x.replace_feature(self.unit1(x).features + x.features)
         return x.replace_feature(self.unit3(self.unit2(x)).features + x.features)
 
+    def channel_groups(self, prefix: str, add_gates: bool) -> list[ChannelGroup]:
+        """unit2 -> unit3 (``protocols.ChannelGroups``): the only channels of the block that no residual
+        addition joins (see :func:`unit_chain` for exactness)."""
+        return [unit_chain(f"{prefix}unit2", self.unit2, f"{prefix}unit3", self.unit3)]
+
 
 class E3DSNN(nn.Module):
     input_modality = "point_cloud"
     default_data = "shapes3d"
+    input_layer_names = ("stem.0.conv",)  # protocols.DenseLayers: it reads real-valued voxel features
+    output_layer_names = ("head",)
 
     def __init__(self, num_classes: int, in_chans: int, grid_size: int, embed_dim: int, channels: list[int],
                  depths: list[int], levels: int = 4):
@@ -164,6 +182,28 @@ class E3DSNN(nn.Module):
         pooled.index_add_(0, batch, spikes)
         counts = torch.bincount(batch, minlength=x.batch_size).clamp_min(1).to(spikes.dtype)
         return self.head(pooled / counts[:, None])
+
+    def channel_groups(self, prefix: str, add_gates: bool) -> list[ChannelGroup]:
+        """Sparse-conv BN chains whose channels feed nothing else (``protocols.ChannelGroups``): each stem
+        unit -> the next, the last stem unit -> the first down conv, every residual block's unit2 -> unit3,
+        and a stage without blocks: its down unit -> the next stage's (the last: -> spikes -> mean -> head,
+        where the constant spike count folds into the head's bias, exactly). Channels joined by residual
+        additions are left alone. Exactness of the sparse-conv chains: :func:`unit_chain`."""
+        stem = [(f"{prefix}stem.{i}", unit) for i, unit in enumerate(self.stem)]
+        downs = [(f"{prefix}stages.{i}.0", stage[0]) for i, stage in enumerate(self.stages)]
+        groups = [unit_chain(*a, *b) for a, b in zip(stem, stem[1:] + downs[:1])]
+        for i, stage in enumerate(self.stages):
+            for j, block in enumerate(stage[1:], start=1):
+                groups += block.channel_groups(f"{prefix}stages.{i}.{j}.", add_gates)
+            if len(stage) > 1:
+                continue
+            name, unit = downs[i]
+            if i + 1 < len(downs):
+                groups.append(unit_chain(name, unit, *downs[i + 1]))
+            else:
+                groups.append(bn_chain_group(name, ConvBN(f"{name}.conv", unit.conv, unit.bn), self.head_spike,
+                                             Consumer(f"{prefix}head", self.head)))
+        return groups
 
 
 @MODELS.register("e3dsnn")

@@ -13,6 +13,8 @@ from torch import nn
 
 from sparse_lab.errors import UserError
 from sparse_lab.models import MODELS
+from sparse_lab.protocols import ChannelGroup
+from sparse_lab.surgery import Consumer, ConvBN, bn_chain_group
 
 # (expansion t, output channels c, repeats n, first stride s), as in Table 2 of the paper.
 V2_STAGES = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
@@ -31,6 +33,20 @@ def conv_bn_act(
     if act:
         layers.append(nn.ReLU6(inplace=True) if relu6 else nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
+
+
+def _link(name: str, block: nn.Sequential) -> ConvBN:
+    """A ``conv_bn_act`` block named ``name`` as a link of a channel chain."""
+    return ConvBN(f"{name}.0", block[0], block[1])
+
+
+def _activation(block: nn.Sequential) -> nn.Module:
+    return block[2] if len(block) > 2 else nn.Identity()
+
+
+def _reader(name: str, block: nn.Sequential) -> Consumer:
+    """A ``conv_bn_act`` 1x1 block reading a chain: bias-free, so a folded constant shifts its BN's running mean."""
+    return Consumer(f"{name}.0", block[0], bn=block[1])
 
 
 def init_weights(model: nn.Module) -> None:
@@ -60,6 +76,8 @@ class InvertedResidual(nn.Module):
 
 class MobileNetV2(nn.Module):
     input_modality = "image"
+    input_layer_names = ("features.0.0",)  # protocols.DenseLayers
+    output_layer_names = ("classifier.1",)
 
     def __init__(self, num_classes: int, image_size: int, in_chans: int = 3, width_mult: float = 1.0, dropout: float = 0.2):
         super().__init__()
@@ -83,6 +101,31 @@ class MobileNetV2(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.pool(self.features(x)).flatten(1))
 
+    def channel_groups(self, prefix: str, add_gates: bool) -> list[ChannelGroup]:
+        """BN chains (``protocols.ChannelGroups``), scaled by the γ of the BN nearest the consumer:
+
+        - each expanded block's hidden channels: expand 1x1 conv -> depthwise conv -> project 1x1 conv;
+        - the stem's outputs, when they feed only the first block's depthwise conv (no expansion, no residual);
+        - the last 1x1 conv's outputs, through pooling into the classifier.
+
+        Every consumer is a 1x1 conv or the classifier, so a removed channel's act(β) is folded and removal is
+        exact. Channels joined by a residual addition (the blocks' outputs) are left alone."""
+        p, features = f"{prefix}features", self.features
+        groups = []
+        first = features[1]
+        if len(first.conv) == 2 and not first.use_residual:
+            groups.append(bn_chain_group(f"{p}.0", _link(f"{p}.0", features[0]), _activation(first.conv[0]),
+                                         _reader(f"{p}.1.conv.1", first.conv[1]), _link(f"{p}.1.conv.0", first.conv[0])))
+        for i, block in enumerate(features):
+            if isinstance(block, InvertedResidual) and len(block.conv) == 3:
+                b = f"{p}.{i}.conv"
+                groups.append(bn_chain_group(b, _link(f"{b}.0", block.conv[0]), _activation(block.conv[1]),
+                                             _reader(f"{b}.2", block.conv[2]), _link(f"{b}.1", block.conv[1])))
+        last = f"{p}.{len(features) - 1}"
+        groups.append(bn_chain_group(last, _link(last, features[-1]), _activation(features[-1]),
+                                     Consumer(f"{prefix}classifier.1", self.classifier[1])))
+        return groups
+
 
 # MobileNetV1 body, Table 1 of the paper: (output channels, stride) of each depthwise-separable block.
 V1_BLOCKS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] * 5 + [(1024, 2), (1024, 1)]
@@ -105,6 +148,8 @@ class DepthwiseSeparable(nn.Module):
 
 class MobileNetV1(nn.Module):
     input_modality = "image"
+    input_layer_names = ("features.0.0",)  # protocols.DenseLayers
+    output_layer_names = ("classifier.1",)
 
     def __init__(self, num_classes: int, image_size: int, in_chans: int = 3, width_mult: float = 1.0, dropout: float = 0.0):
         super().__init__()
@@ -124,6 +169,25 @@ class MobileNetV1(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.pool(self.features(x)).flatten(1))
+
+    def channel_groups(self, prefix: str, add_gates: bool) -> list[ChannelGroup]:
+        """BN chains (``protocols.ChannelGroups``): the stem's and every pointwise conv's outputs, through the
+        next block's depthwise conv into its pointwise conv (the last block's: through pooling into the
+        classifier). Scale: the depthwise BN's γ (the last pointwise BN's for the last chain); the consumers
+        are 1x1 convs or the classifier, so act(β) is folded and removal is exact. Consecutive chains share
+        a pointwise conv (its inputs in one, its outputs in the next)."""
+        p = f"{prefix}features"
+        producers = [(f"{p}.0", self.features[0])] + [(f"{p}.{i}.pw", b.pw) for i, b in enumerate(self.features) if i]
+        groups = []
+        for i, (name, block) in enumerate(producers):
+            if i + 1 < len(self.features):
+                nxt, n = self.features[i + 1], f"{p}.{i + 1}"
+                groups.append(bn_chain_group(name, _link(name, block), _activation(nxt.dw), _reader(f"{n}.pw", nxt.pw),
+                                             _link(f"{n}.dw", nxt.dw)))
+            else:
+                groups.append(bn_chain_group(name, _link(name, block), _activation(block),
+                                             Consumer(f"{prefix}classifier.1", self.classifier[1])))
+        return groups
 
 
 @MODELS.register("mobilenet_v1")

@@ -24,8 +24,8 @@ features inside it (so the term smooths the flow and cannot be lowered by pushin
 supervision of the matching, which a few CPU minutes of training need; the paper preset has it off).
 
 Every sparse convolution has ``bias=False`` (BatchNorm follows each; spconv's CPU eval path has no
-fused bias). The first weight layer (the stem ``SubMConv3d``) and the last (the refinement's output
-``Linear``) are the ones the prunable rule keeps dense.
+fused bias). The model declares its stem ``SubMConv3d`` and the refinement's output ``Linear`` as the
+layers the prunable rule keeps dense (``input_layer_names`` / ``output_layer_names``).
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ from torch import nn
 from sparse_lab.errors import UserError
 from sparse_lab.models import MODELS
 from sparse_lab.models.presets import resolve_preset
+from sparse_lab.protocols import ChannelGroup
+from sparse_lab.surgery import Consumer, ConvBN, bn_chain_group
 from sparse_lab.spconv_compat import spconv  # noqa: F401  (applies the CPU fixes)
 import spconv.pytorch as sp  # noqa: E402
 
@@ -152,6 +154,24 @@ class SparseUNet(nn.Module):
         u1 = self.dec1(u1.replace_feature(torch.cat([u1.features, x1.features], 1)))
         return u1.features
 
+    # (producer block, consumer block): channels that feed only the consumer. A consumer after an up block
+    # reads a concatenation whose first channels are the up block's. enc1.1 and enc2.1 (x1, x2) also feed a
+    # skip concatenation, and dec1 is the output: their channels stay.
+    FREE_CHAINS = (("enc1.0", "enc1.1"), ("enc2.0", "enc2.1"), ("enc3.0", "enc3.1"), ("enc3.1", "up2"),
+                   ("up2", "dec2"), ("dec2", "up1"), ("up1", "dec1"))
+
+    def channel_groups(self, prefix: str, add_gates: bool) -> list[ChannelGroup]:
+        """The U-Net's free BN chains (``protocols.ChannelGroups``), scaled by the producer's BN γ. Every
+        consumer is a 3x3x3 sparse conv (SubM, strided or inverse), whose response to a constant depends on
+        the active neighbours of each site: nothing can be folded, and removal is exact when the removed
+        channels' ReLU(β) is 0 (β ≤ 0)."""
+        groups = []
+        for producer, consumer in self.FREE_CHAINS:
+            block, reader = self.get_submodule(producer), self.get_submodule(consumer)
+            groups.append(bn_chain_group(f"{prefix}{producer}", ConvBN(f"{prefix}{producer}.0", block[0], block[1]),
+                                         block[2], Consumer(f"{prefix}{consumer}.0", reader[0], bn=reader[1])))
+        return groups
+
 
 class PointTransformer(nn.Module):
     """Global self-attention over a cloud's points with a learned positional encoding (residual)."""
@@ -235,6 +255,8 @@ class SetConv(nn.Module):
 
 class SCTN(nn.Module):
     input_modality = "point_cloud_pair"
+    input_layer_names = ("unet.enc1.0.0",)  # protocols.DenseLayers: the stem conv and the flow output layer
+    output_layer_names = ("fc",)
 
     def __init__(
         self,

@@ -30,6 +30,8 @@ from sparse_lab.errors import UserError
 from sparse_lab.models import MODELS
 from sparse_lab.models.presets import resolve_preset
 from sparse_lab.models.vit import Block, Mlp, PatchEmbed
+from sparse_lab.protocols import ChannelGroup
+from sparse_lab.surgery import ensure_gate, head_columns, keep_gated_inputs, keep_outputs
 
 PRESETS = {
     # 32x32 inputs on a CPU, like vit's small32: 16 image tokens (4x4) -> 2x2 pooled + 2 global = 6
@@ -51,23 +53,47 @@ class CrossAttention(nn.Module):
         if dim % num_heads:
             raise UserError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
+        self.head_dim = dim // num_heads  # channel pruning may leave num_heads * head_dim < dim
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
+        # Optional learnable per-head gate (channel-pruning methods add one; None = no gate).
+        self.register_parameter("gate", None)
 
     def forward(self, queries: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        b, nq, d = queries.shape
-        nk, h = context.shape[1], self.num_heads
-        q = self.q(queries).reshape(b, nq, h, d // h).transpose(1, 2)
-        k, v = self.kv(context).reshape(b, nk, 2, h, d // h).permute(2, 0, 3, 1, 4)
+        b, nq, _ = queries.shape
+        nk, h, hd = context.shape[1], self.num_heads, self.head_dim
+        q = self.q(queries).reshape(b, nq, h, hd).transpose(1, 2)
+        k, v = self.kv(context).reshape(b, nk, 2, h, hd).permute(2, 0, 3, 1, 4)
         x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(b, nq, d))
+        if self.gate is not None:
+            x = x * self.gate.view(1, -1, 1, 1)
+        return self.proj(x.transpose(1, 2).reshape(b, nq, h * hd))
 
-    @staticmethod
-    def extra_macs(inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
-        """Q·Kᵀ and A·V per sample: each N_q·N_k·D over all heads."""
-        _, nq, d = inputs[0].shape
-        return 2 * nq * inputs[1].shape[1] * d
+    def extra_macs(self, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
+        """Q·Kᵀ and A·V per sample: each N_q·N_k·(heads·head_dim)."""
+        return 2 * inputs[0].shape[1] * inputs[1].shape[1] * self.num_heads * self.head_dim
+
+    def channel_groups(self, prefix: str, add_gates: bool) -> list[ChannelGroup]:
+        """The heads, gated (``protocols.ChannelGroups``): a head is its rows of ``q``, its k and v rows of
+        ``kv`` and its columns of ``proj``. A gate at zero removes a head exactly; at removal the kept gates
+        are folded into ``proj`` and the gate is dropped."""
+        gate = ensure_gate(self, self.num_heads, self.q.weight, add_gates)
+        if gate is None:
+            return []
+        layers = [f"{prefix}q", f"{prefix}kv", f"{prefix}proj", prefix[:-1]]  # the module itself: attention matmuls
+        return [ChannelGroup(f"{prefix}heads", "head", gate, layers, self._keep_heads)]
+
+    @torch.no_grad()
+    def _keep_heads(self, heads: torch.Tensor) -> None:
+        heads = heads.to(self.q.weight.device)
+        columns = head_columns(heads, self.head_dim)
+        inner = self.num_heads * self.head_dim
+        keep_outputs(self.q, columns)
+        keep_outputs(self.kv, torch.cat([columns, inner + columns]))
+        keep_gated_inputs(self.proj, columns, self.gate.index_select(0, heads).repeat_interleave(self.head_dim))
+        self.num_heads = len(heads)
+        self.gate = None  # folded into proj
 
 
 class SemanticAttentionLayer(nn.Module):
@@ -118,6 +144,8 @@ class SemanticTokenGeneration(nn.Module):
 
 class SemanticTokenViT(nn.Module):
     input_modality = "image"
+    input_layer_names = ("patch_embed.proj",)  # protocols.DenseLayers
+    output_layer_names = ("head",)
 
     def __init__(
         self,

@@ -14,6 +14,8 @@ from torch import nn
 from sparse_lab.errors import UserError
 from sparse_lab.models import MODELS
 from sparse_lab.models.presets import resolve_preset
+from sparse_lab.protocols import ChannelGroup
+from sparse_lab.surgery import ensure_gate, head_columns, keep_gated_inputs, keep_outputs
 
 # Named geometries; explicit keyword arguments override a preset's values.
 PRESETS = {
@@ -65,6 +67,26 @@ class Attention(nn.Module):
         n = inputs[0].shape[1]
         return 2 * n * n * self.num_heads * self.head_dim
 
+    def channel_groups(self, prefix: str, add_gates: bool) -> list[ChannelGroup]:
+        """The heads, gated (``protocols.ChannelGroups``): a head is its q, k, v rows of ``qkv`` and its
+        columns of ``proj``. A gate at zero removes a head's output exactly; at removal the kept gates are
+        folded into ``proj`` and the gate is dropped."""
+        gate = ensure_gate(self, self.num_heads, self.qkv.weight, add_gates)
+        if gate is None:
+            return []
+        layers = [f"{prefix}qkv", f"{prefix}proj", prefix[:-1]]  # the module itself: its attention matmuls
+        return [ChannelGroup(f"{prefix}heads", "head", gate, layers, self._keep_heads)]
+
+    @torch.no_grad()
+    def _keep_heads(self, heads: torch.Tensor) -> None:
+        heads = heads.to(self.qkv.weight.device)
+        columns = head_columns(heads, self.head_dim)
+        inner = self.num_heads * self.head_dim
+        keep_outputs(self.qkv, torch.cat([part * inner + columns for part in range(3)]))
+        keep_gated_inputs(self.proj, columns, self.gate.index_select(0, heads).repeat_interleave(self.head_dim))
+        self.num_heads = len(heads)
+        self.gate = None  # folded into proj
+
 
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int):
@@ -78,6 +100,21 @@ class Mlp(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.act(self.fc1(x))
         return self.fc2(h if self.gate is None else h * self.gate)
+
+    def channel_groups(self, prefix: str, add_gates: bool) -> list[ChannelGroup]:
+        """The hidden units, gated (``protocols.ChannelGroups``): a unit is a row of ``fc1`` and a column of
+        ``fc2``. A gate at zero removes a unit exactly; at removal the kept gates are folded into ``fc2``."""
+        gate = ensure_gate(self, self.fc1.out_features, self.fc1.weight, add_gates)
+        if gate is None:
+            return []
+        return [ChannelGroup(f"{prefix}units", "mlp_unit", gate, [f"{prefix}fc1", f"{prefix}fc2"], self._keep_units)]
+
+    @torch.no_grad()
+    def _keep_units(self, units: torch.Tensor) -> None:
+        units = units.to(self.fc1.weight.device)
+        keep_outputs(self.fc1, units)
+        keep_gated_inputs(self.fc2, units, self.gate.index_select(0, units))
+        self.gate = None  # folded into fc2
 
 
 class Block(nn.Module):
@@ -95,6 +132,8 @@ class Block(nn.Module):
 
 class VisionTransformer(nn.Module):
     input_modality = "image"
+    input_layer_names = ("patch_embed.proj",)  # protocols.DenseLayers
+    output_layer_names = ("head",)
 
     def __init__(
         self,

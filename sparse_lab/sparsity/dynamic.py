@@ -31,7 +31,7 @@ from sparse_lab.sparsity import METHODS
 from sparse_lab.sparsity.base import SparsityMethod
 from sparse_lab.sparsity.masks import kept_count, random_mask
 
-DECAYS = ("cosine", "constant")
+ALPHA_SCHEDULES = ("cosine", "constant")
 
 
 class DynamicSparse(SparsityMethod):
@@ -47,7 +47,7 @@ class DynamicSparse(SparsityMethod):
         delta_t: int = 100,
         alpha: float = 0.3,
         final_alpha: float = 0.0,
-        decay: str = "cosine",
+        alpha_schedule: str = "cosine",
         end_fraction: float = 0.75,
         prune_first_layer: bool = False,
         prune_classifier: bool = False,
@@ -56,12 +56,13 @@ class DynamicSparse(SparsityMethod):
         super().__init__(sparsity, distribution, prune_first_layer, prune_classifier, exclude)
         if int(delta_t) != delta_t or int(delta_t) < 1:
             raise UserError(f"sparsity.delta_t must be a positive number of steps, got {delta_t!r}")
-        if decay not in DECAYS:
-            raise UserError(f"unknown sparsity.decay {decay!r}; choose one of: {', '.join(DECAYS)}")
+        if alpha_schedule not in ALPHA_SCHEDULES:
+            raise UserError(f"unknown sparsity.alpha_schedule {alpha_schedule!r}; "
+                            f"choose one of: {', '.join(ALPHA_SCHEDULES)}")
         self.delta_t = int(delta_t)
         self.alpha = check_range("sparsity.alpha", alpha, 0.0, 1.0, high_inclusive=True)
         self.final_alpha = check_range("sparsity.final_alpha", final_alpha, 0.0, self.alpha, high_inclusive=True)
-        self.decay = decay
+        self.alpha_schedule = alpha_schedule
         self.end_fraction = check_range("sparsity.end_fraction", end_fraction, 0.0, 1.0, high_inclusive=True)
         self.total_steps = 1
         self.history: list[dict] = []
@@ -87,7 +88,7 @@ class DynamicSparse(SparsityMethod):
 
     def update_fraction(self, step: int) -> float:
         """f(t): the fraction of each layer's (or, globally, all) active weights replaced at step t."""
-        if self.decay == "constant":
+        if self.alpha_schedule == "constant":
             return self.alpha
         progress = min(1.0, step / max(1, self.end_step))
         return self.final_alpha + (self.alpha - self.final_alpha) * 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -190,7 +191,7 @@ class DynamicSparse(SparsityMethod):
             "delta_t": self.delta_t,
             "alpha": self.alpha,
             "final_alpha": self.final_alpha,
-            "decay": self.decay,
+            "alpha_schedule": self.alpha_schedule,
             "end_step": self.end_step,
             "total_steps": self.total_steps,
             "updates": list(self.history),
@@ -221,8 +222,8 @@ class SET(DynamicSparse):
     scope = "layer"
 
     def __init__(self, sparsity: float = 0.8, distribution: str = "erk", delta_t: int = 100, alpha: float = 0.3,
-                 final_alpha: float = 0.0, decay: str = "constant", end_fraction: float = 1.0, **kwargs):
-        super().__init__(sparsity, distribution, delta_t, alpha, final_alpha, decay, end_fraction, **kwargs)
+                 final_alpha: float = 0.0, alpha_schedule: str = "constant", end_fraction: float = 1.0, **kwargs):
+        super().__init__(sparsity, distribution, delta_t, alpha, final_alpha, alpha_schedule, end_fraction, **kwargs)
 
 
 @METHODS.register("dsl")
@@ -231,5 +232,6 @@ class DSL(DynamicSparse):
     scope = "global"
 
     def __init__(self, sparsity: float = 0.8, distribution: str = "erk", delta_t: int = 100, alpha: float = 0.5,
-                 final_alpha: float = 0.005, decay: str = "cosine", end_fraction: float = 1.0, **kwargs):
-        super().__init__(sparsity, distribution, delta_t, alpha, final_alpha, decay, end_fraction, **kwargs)
+                 final_alpha: float = 0.005, alpha_schedule: str = "cosine", end_fraction: float = 1.0,
+                 **kwargs):
+        super().__init__(sparsity, distribution, delta_t, alpha, final_alpha, alpha_schedule, end_fraction, **kwargs)

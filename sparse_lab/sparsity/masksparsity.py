@@ -16,11 +16,18 @@ Two rounds (two full trainings, each with a fresh optimizer and schedule):
 - round 1: before training, the selected channels are removed (``task.model`` is replaced by a
   narrower copy: smaller tensors, so parameters and MACs drop), then the model is fine-tuned.
 
-Which channels can go together is described by ``sparse_lab.sparsity.channels`` (BatchNorm chains in
-the MobileNets, with γ as the scale; per-head and per-hidden-unit gates in ViT/STViT blocks). Channels
-are ranked against channels of the same kind (BN channels, attention heads, MLP units), each kind's
-scales divided by their mean magnitude; with one kind (the MobileNets) that is the paper's global γ
-ranking.
+Which channels can go together is found by ``sparse_lab.sparsity.channels``: declared by each model
+family (BatchNorm chains with γ as the scale in the MobileNets, E-3DSNN, SCTN and the Delta CNN; per-head
+and per-hidden-unit gates in ViT/STViT blocks), or, for a model that declares nothing, traced with
+Torch-Pruning's dependency graph over BatchNorm channels (then the γ of every BN over the same coupled
+channels are regularised alike). A channel's score is its mean |scale| over those BNs; channels are
+ranked against channels of the same kind (BN channels, attention heads, MLP units), each kind's scores
+divided by their mean; with one kind (the MobileNets) that is the paper's global γ ranking.
+
+Exactness: the narrowed model computes what the model with the removed channels' scales at zero
+computes (eval mode) where the constant a removed channel then outputs can be folded into its consumer
+(a linear layer, a 1x1 conv) or is zero; into a spatial consumer (3x3 conv, sparse conv) a nonzero
+constant cannot be folded and its contribution is dropped (``sparse_lab.surgery``, docs/methods.md).
 """
 
 from __future__ import annotations
@@ -30,17 +37,29 @@ import logging
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import move_data_to_device
 from torch import nn
 
 from sparse_lab.errors import IncompatibleError, UserError, check_range
-from sparse_lab.hardware.macs import count_macs, parameter_counts
+from sparse_lab.measure import count_macs, parameter_counts
 from sparse_lab.sparsity import METHODS
 from sparse_lab.sparsity.base import SparsityMethod
-from sparse_lab.sparsity.channels import ChannelGroup, channel_groups, complement
+from sparse_lab.sparsity.channels import ChannelGroup, channel_groups
+from sparse_lab.surgery import complement
 
 log = logging.getLogger(__name__)
 
 TARGETS = ("flops", "channels")
+
+
+def group_scales(group: ChannelGroup) -> tuple[nn.Parameter, ...]:
+    """Every per-channel scale of a group: its own and the coupled BNs' γ (regularised alike)."""
+    return (group.scale, *group.coupled_scales)
+
+
+def channel_scores(group: ChannelGroup) -> torch.Tensor:
+    """|scale| per channel, averaged over the coupled scales (on the CPU)."""
+    return torch.stack([s.detach().abs().flatten().cpu() for s in group_scales(group)]).mean(0)
 
 
 def select_channels(
@@ -51,17 +70,18 @@ def select_channels(
     total_macs: float | None = None,
     min_channels: int = 1,
 ) -> dict[str, torch.Tensor]:
-    """Channels to prune per group (sorted index tensors), lowest normalised |scale| first.
+    """Channels to prune per group (sorted index tensors), lowest normalised score (mean |scale|) first.
 
     ``target="channels"``: ``round(ratio · all channels)`` channels. ``target="flops"``: channels until
     their MACs (``macs_per_channel`` per group, a first-order estimate) reach ``ratio · total_macs``."""
     if target not in TARGETS:
         raise UserError(f"unknown sparsity.target {target!r}; choose one of: {', '.join(TARGETS)}")
+    raw = [channel_scores(g) for g in groups]
     kinds: dict[str, list[torch.Tensor]] = {}
-    for g in groups:
-        kinds.setdefault(g.kind, []).append(g.scale.detach().abs().flatten().cpu())
+    for g, score in zip(groups, raw):
+        kinds.setdefault(g.kind, []).append(score)
     mean = {k: float(torch.cat(v).mean()) or 1.0 for k, v in kinds.items()}
-    scores = torch.cat([g.scale.detach().abs().flatten().cpu() / mean[g.kind] for g in groups])
+    scores = torch.cat([score / mean[g.kind] for g, score in zip(groups, raw)])
     owner = torch.cat([torch.full((g.size,), i) for i, g in enumerate(groups)])
     channel = torch.cat([torch.arange(g.size) for g in groups])
     order = torch.argsort(scores, stable=True)  # ties: earlier group / lower index first
@@ -126,18 +146,18 @@ class MaskSparsity(SparsityMethod):
         self.round = 0
         self.pruned = False
         self._warmup_steps = 0
-        self._example: torch.Tensor | None = None
+        self._example = None  # one input (batch size 1) for counting MACs and tracing models that declare nothing
         self._selected_pairs: list[tuple[nn.Parameter, torch.Tensor]] = []
         self.stats: dict = {}
 
     # -- set-up -------------------------------------------------------------------------------
     def attach(self, model: nn.Module, seed: int = 0, example_input=None) -> None:
-        self.groups = channel_groups(model, add_gates=True)
+        self.groups = channel_groups(model, add_gates=True, example_input=self._on_model(example_input, model))
         if not self.groups:
-            raise IncompatibleError(
-                f"masksparsity: {type(model).__name__} offers no prunable channel groups "
-                "(supported: MobileNetV1/V2 BatchNorm chains, ViT/STViT attention heads and MLP units)"
-            )
+            why = "has no BatchNorm channels to trace" if example_input is not None else "no example input was given to trace it"
+            raise IncompatibleError(f"masksparsity: {type(model).__name__} offers no prunable channel groups: it declares "
+                                    f"none (protocols.ChannelGroups) and {why}")
+        self._example = example_input
         super().attach(model, seed, example_input)
         self.stats["channels_before"] = self._channel_counts(self.groups)
 
@@ -157,19 +177,27 @@ class MaskSparsity(SparsityMethod):
         if self.round == 0 and not self.selected and trainer.global_step >= self._warmup_steps:
             self.select(pl_module.model, self._example_input(trainer, batch, pl_module.device))
 
-    def _example_input(self, trainer: pl.Trainer, batch, device) -> torch.Tensor:
+    def _example_input(self, trainer: pl.Trainer, batch, device):
         datamodule = getattr(trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "example_input"):
             example = datamodule.example_input()
+        elif self._example is not None:
+            example = self._example
         else:
             example = (batch[0] if isinstance(batch, (tuple, list)) else batch)[:1]
-        return example.to(device)
+        return move_data_to_device(example, device)
 
-    def select(self, model: nn.Module, example: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    @staticmethod
+    def _on_model(example, model: nn.Module):
+        """``example`` on the device of ``model``'s parameters (any batch type Lightning can move)."""
+        param = next(model.parameters(), None)
+        return example if example is None or param is None else move_data_to_device(example, param.device)
+
+    def select(self, model: nn.Module, example=None) -> dict[str, torch.Tensor]:
         """Choose the channels to prune from the current scales (the end of the warm-up)."""
         macs_per_channel = total = None
         if example is not None:
-            self._example = example.detach()
+            self._example = example
             rows = {r.name: r.dense for r in count_macs(model, example)}
             total = sum(rows.values())
             macs_per_channel = [sum(rows.get(n, 0) for n in g.layers) / g.size for g in self.groups]
@@ -183,7 +211,9 @@ class MaskSparsity(SparsityMethod):
         return self.selected
 
     def _index_selected(self) -> None:
-        self._selected_pairs = [(g.scale, self.selected[g.name].to(g.scale.device)) for g in self.groups if len(self.selected[g.name])]
+        self._selected_pairs = [
+            (scale, self.selected[g.name].to(scale.device)) for g in self.groups if len(self.selected[g.name]) for scale in group_scales(g)
+        ]
 
     @torch.no_grad()
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
@@ -195,7 +225,8 @@ class MaskSparsity(SparsityMethod):
             scale.grad.index_add_(0, idx, self.lam * torch.sign(scale.index_select(0, idx)))
 
     def selected_scales(self) -> torch.Tensor:
-        values = [g.scale.detach().index_select(0, self.selected[g.name].to(g.scale.device)).abs().cpu() for g in self.groups]
+        """The selected channels' scores (mean |scale| over coupled scales)."""
+        values = [channel_scores(g).index_select(0, self.selected[g.name]) for g in self.groups]
         return torch.cat(values) if values else torch.zeros(0)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -218,12 +249,12 @@ class MaskSparsity(SparsityMethod):
         self.stats["selected_below_threshold"] = int((scales < self.threshold).sum())
         self.stats["params_before"] = parameter_counts(model)[0]
         narrow = copy.deepcopy(model)
-        groups = channel_groups(narrow)
+        groups = channel_groups(narrow, example_input=self._on_model(self._example, narrow))
         for g in groups:
             g.keep(complement(self.selected[g.name], g.size))
         self.stats["params_after"] = parameter_counts(narrow)[0]
         if self._example is not None:
-            self.stats["macs_after"] = sum(r.dense for r in count_macs(narrow, self._example.to(next(narrow.parameters()).device)))
+            self.stats["macs_after"] = sum(r.dense for r in count_macs(narrow, self._on_model(self._example, narrow)))
         self.stats["channels_after"] = {
             kind: n - sum(len(self.selected[g.name]) for g in self.groups if g.kind == kind)
             for kind, n in self.stats["channels_before"].items()

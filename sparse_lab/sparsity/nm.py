@@ -5,9 +5,9 @@ In every group of M consecutive weights along the input dimension the N largest 
 (linear [out, in]: along ``in``; convolution [C_out, C_in, k_h, k_w]: along C_in at each kernel
 position). The dense weights are trained: every forward uses W̃ = W ⊙ E with the mask E recomputed
 from the current W, the backward passes the gradient straight through to W (STE) and, with SR-STE,
-adds the sparse-refined term λ_w · (1 − E) ⊙ W, which decays the pruned weights and stabilises the
-mask. At the end of fit the final mask is applied to the weights in place, so the model that is tested
-and saved is N:M sparse.
+adds the sparse-refined term λ_w · (1 − E) ⊙ W (λ_w: ``sparsity.sr_ste_lambda``), which decays the pruned
+weights and stabilises the mask. At the end of fit the final mask is applied to the weights in place, so
+the model that is tested and saved is N:M sparse.
 
 The masked weight is swapped in by a forward pre-hook per module (the Parameter is put back by a
 forward hook, so ``state_dict`` and the optimizer never see the swap). Layers whose grouped dimension
@@ -112,25 +112,26 @@ class _MaskedWeight(torch.autograd.Function):
     """Forward W ⊙ E; backward: straight-through, plus λ (1 − E) ⊙ W (SR-STE) when λ > 0."""
 
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, mask: torch.Tensor, decay: float) -> torch.Tensor:
-        ctx.decay = decay
-        if decay:
+    def forward(ctx, weight: torch.Tensor, mask: torch.Tensor, sr_ste_lambda: float) -> torch.Tensor:
+        ctx.sr_ste_lambda = sr_ste_lambda
+        if sr_ste_lambda:
             ctx.save_for_backward(weight, mask)
         return weight * mask
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        if not ctx.decay:
+        if not ctx.sr_ste_lambda:
             return grad, None, None
         weight, mask = ctx.saved_tensors
         # grad + λ·W − λ·E⊙W = grad + λ·(1 − E)⊙W, computed without materialising (1 − E).
         pruned = weight - weight * mask
-        return grad.add(pruned, alpha=ctx.decay), None, None
+        return grad.add(pruned, alpha=ctx.sr_ste_lambda), None, None
 
 
-def sr_ste_weight(weight: torch.Tensor, mask: torch.Tensor, decay: float) -> torch.Tensor:
-    """W ⊙ E with the (SR-)STE backward; ``mask`` is a float or bool tensor shaped like ``weight``."""
-    return _MaskedWeight.apply(weight, mask.to(weight.dtype), float(decay))
+def sr_ste_weight(weight: torch.Tensor, mask: torch.Tensor, sr_ste_lambda: float) -> torch.Tensor:
+    """W ⊙ E with the (SR-)STE backward; ``mask`` is a float or bool tensor shaped like ``weight``;
+    ``sr_ste_lambda`` is the paper's λ_w (0: plain STE)."""
+    return _MaskedWeight.apply(weight, mask.to(weight.dtype), float(sr_ste_lambda))
 
 
 @METHODS.register("nm")
@@ -140,7 +141,7 @@ class NMSparsity(SparsityMethod):
         n: int = 2,
         m: int = 4,
         sr_ste: bool = True,
-        decay: float = 2e-4,
+        sr_ste_lambda: float = 2e-4,  # the paper's λ_w
         ramp_fraction: float = 0.0,
         prune_first_layer: bool = False,
         prune_classifier: bool = False,
@@ -158,7 +159,7 @@ class NMSparsity(SparsityMethod):
         )
         self.n, self.m = n, m
         self.sr_ste = bool(sr_ste)
-        self.decay = float(check_range("sparsity.decay", decay, 0.0, math.inf))
+        self.sr_ste_lambda = float(check_range("sparsity.sr_ste_lambda", sr_ste_lambda, 0.0, math.inf))
         self.ramp_fraction = check_range("sparsity.ramp_fraction", ramp_fraction, 0.0, 1.0, high_inclusive=True)
         self.dense_layers: list[dict] = []
         self.current_n = n if self.ramp_fraction == 0 else m
@@ -188,7 +189,7 @@ class NMSparsity(SparsityMethod):
             "n": self.n,
             "m": self.m,
             "sr_ste": self.sr_ste,
-            "decay": self.decay if self.sr_ste else 0.0,
+            "sr_ste_lambda": self.sr_ste_lambda if self.sr_ste else 0.0,
             "ramp_fraction": self.ramp_fraction,
             "pattern": f"{self.n}:{self.m}",
             "sparsified_layers": [p.name for p in self.params],
@@ -223,7 +224,8 @@ class NMSparsity(SparsityMethod):
         if n >= self.m:
             masked = weight
         else:
-            masked = sr_ste_weight(weight, nm_mask(weight, n, self.m, input_last(module)), self.decay if self.sr_ste else 0.0)
+            mask = nm_mask(weight, n, self.m, input_last(module))
+            masked = sr_ste_weight(weight, mask, self.sr_ste_lambda if self.sr_ste else 0.0)
         object.__setattr__(module, "weight", masked)
 
     @staticmethod

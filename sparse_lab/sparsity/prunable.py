@@ -1,8 +1,10 @@
 """The one rule for which parameters are prunable.
 
 Prunable: the weights of convolutions (1d/2d/3d, and spconv sparse convolutions) and linear layers.
-Dense: biases, norms, embeddings and positional parameters; also the first such layer (it sees raw
-input) and the last one (the classifier), unless a method's config says otherwise. ``exclude`` takes
+Dense: biases, norms, embeddings and positional parameters; also the model's input layers (they see
+raw input) and output layers (the classifier), unless a method's config says otherwise. A model names
+those itself (``protocols.DenseLayers``: ``input_layer_names``, ``output_layer_names``); for a model
+that does not, they are its first and last weight layer in registration order. ``exclude`` takes
 regular expressions matched against parameter names, for recipes that keep more layers dense.
 """
 
@@ -13,14 +15,15 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from sparse_lab.errors import UserError
+from sparse_lab.protocols import DenseLayers
+from sparse_lab.spconv_layout import fan_shape, is_sparse_conv
+
 DENSE_WEIGHT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 def is_weight_layer(module: nn.Module) -> bool:
-    if isinstance(module, DENSE_WEIGHT_TYPES):
-        return True
-    # spconv's SparseConvolution, recognised without importing spconv on every run.
-    return type(module).__module__.startswith("spconv.") and isinstance(getattr(module, "weight", None), nn.Parameter)
+    return isinstance(module, DENSE_WEIGHT_TYPES) or is_sparse_conv(module)
 
 
 @dataclass(frozen=True)
@@ -35,11 +38,8 @@ class PrunableParam:
 
     @property
     def fan_shape(self) -> tuple[int, ...]:
-        """(C_out, C_in, *kernel) whatever the storage order; spconv stores [C_out, *kernel, C_in]."""
-        shape = self.shape
-        if type(self.module).__module__.startswith("spconv."):
-            return (shape[0], shape[-1], *shape[1:-1])
-        return shape
+        """(C_out, C_in, *kernel) whatever the storage order (spconv's differs)."""
+        return fan_shape(self.module, self.shape)
 
     @property
     def numel(self) -> int:
@@ -55,11 +55,12 @@ def prunable_parameters(
     layers = [(name, m) for name, m in model.named_modules() if is_weight_layer(m)]
     if not layers:
         return []
+    inputs, outputs = dense_layer_names(model, [name for name, _ in layers])
     skip = set()
     if not prune_first_layer:
-        skip.add(layers[0][0])
+        skip |= inputs
     if not prune_classifier:
-        skip.add(layers[-1][0])
+        skip |= outputs
     patterns = [re.compile(p) for p in exclude]
     chosen = []
     for name, module in layers:
@@ -68,3 +69,14 @@ def prunable_parameters(
             continue
         chosen.append(PrunableParam(param_name, module, module.weight))
     return chosen
+
+
+def dense_layer_names(model: nn.Module, weight_layers: list[str]) -> tuple[set[str], set[str]]:
+    """(input layers, output layers) of ``model``: declared, or the first and last of ``weight_layers``."""
+    if not isinstance(model, DenseLayers):
+        return {weight_layers[0]}, {weight_layers[-1]}
+    inputs, outputs = set(model.input_layer_names), set(model.output_layer_names)
+    unknown = (inputs | outputs) - set(weight_layers)
+    if unknown:
+        raise UserError(f"{type(model).__name__} declares dense layers that are not weight layers: {', '.join(sorted(unknown))}")
+    return inputs, outputs

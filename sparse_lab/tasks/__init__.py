@@ -8,14 +8,15 @@ from __future__ import annotations
 import pytorch_lightning as pl
 from torch import nn
 
+from sparse_lab.registry import Registry
+
+TASKS: Registry[pl.LightningModule] = Registry("task")
+
+# Importing the task modules registers them.
+from sparse_lab.tasks import classification, scene_flow  # noqa: E402,F401
+
 
 def build_task(info, model: nn.Module, optim: dict) -> pl.LightningModule:
     if info.task == "classification":
-        from sparse_lab.tasks.classification import ClassificationTask
-
-        return ClassificationTask(model, info.num_classes, **optim)
-    if info.task == "scene_flow":
-        from sparse_lab.tasks.scene_flow import SceneFlowTask
-
-        return SceneFlowTask(model, **optim)
-    raise ValueError(f"no task named {info.task!r}")
+        return TASKS.build(info.task, model=model, num_classes=info.num_classes, **optim)
+    return TASKS.build(info.task, model=model, **optim)

@@ -11,24 +11,35 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from sparse_lab.errors import UserError
+from sparse_lab.tasks import TASKS
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "sgd": torch.optim.SGD, "adam": torch.optim.Adam}
 SCHEDULES = ("onecycle", "cosine", "constant")
+# For a model config without `optim:` (e.g. a plug-in model): a safe AdamW for small models.
+DEFAULT_OPTIMIZER = {"name": "adamw", "lr": 1.0e-3, "weight_decay": 0.05}
 
 
+def auxiliary_losses(model: nn.Module, output, target, epoch: int) -> dict[str, torch.Tensor]:
+    """The model's own weighted loss terms (``protocols.AuxiliaryLosses``), empty when it declares none."""
+    if not hasattr(model, "auxiliary_losses"):
+        return {}
+    return {name: term for name, term in model.auxiliary_losses(output, target, epoch).items() if term is not None}
+
+
+@TASKS.register("classification")
 class ClassificationTask(pl.LightningModule):
     def __init__(
         self,
         model: nn.Module,
         num_classes: int,
-        optimizer: dict,
+        optimizer: dict | None = None,
         schedule: str = "onecycle",
         warmup_fraction: float = 0.1,
         label_smoothing: float = 0.0,
     ):
         super().__init__()
         self.model = model
-        self.optimizer_cfg = dict(optimizer)
+        self.optimizer_cfg = dict(optimizer or DEFAULT_OPTIMIZER)
         name = self.optimizer_cfg.get("name", "adamw")
         if name not in OPTIMIZERS:
             raise UserError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
@@ -52,11 +63,11 @@ class ClassificationTask(pl.LightningModule):
         train = split == "train"
         self.log(f"{split}/loss", loss, on_step=train, on_epoch=not train, prog_bar=train, batch_size=len(y))
         self.log(f"{split}/acc", acc, on_step=False, on_epoch=True, prog_bar=split == "val", batch_size=len(y))
-        # A model may add a training penalty of its own (e.g. the activation-sparsity L1 of Delta layers).
-        aux = self.model.auxiliary_loss() if train and hasattr(self.model, "auxiliary_loss") else None
-        if aux is not None:
-            self.log("train/aux_loss", aux, on_step=True, on_epoch=False, batch_size=len(y))
-            loss = loss + aux
+        # A model may add training terms of its own (e.g. the activation-sparsity L1 of Delta layers).
+        if train:
+            for name, term in auxiliary_losses(self.model, logits, y, self.current_epoch).items():
+                self.log(f"train/loss_{name}", term, on_step=True, on_epoch=False, batch_size=len(y))
+                loss = loss + term
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -67,13 +78,6 @@ class ClassificationTask(pl.LightningModule):
 
     def test_step(self, batch, batch_idx):
         self._step(batch, "test")
-
-    def configure_callbacks(self) -> list[pl.Callback]:
-        """Spiking models also log spike rates, synaptic operations and energy on the test set."""
-        from sparse_lab.hardware.sops import SpikeStats, has_spiking_layers
-
-        testing = self._trainer is not None and self.trainer.testing  # measured during test only
-        return [SpikeStats()] if testing and has_spiking_layers(self.model) else []
 
     def configure_optimizers(self):
         cfg = dict(self.optimizer_cfg)

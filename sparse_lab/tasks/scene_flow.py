@@ -11,9 +11,8 @@ the split (every sample has the same number of points, so this equals their per-
 relative error = EPE / (‖f‖ + 1e-4), the 1e-4 as in their code. The test split also reports the
 zero-flow baseline's EPE3D (``test/epe3d_zero_flow`` = mean ‖f‖), the figure a model must beat.
 
-A model takes ``{"pc1", "pc2"}`` and returns a dict with ``"flow"`` [B, N, 3]; if it defines
-``auxiliary_losses(output, target_flow, epoch) -> {name: weighted term}`` those terms are added to the loss and
-logged as ``train/loss_<name>``.
+A model takes ``{"pc1", "pc2"}`` and returns a dict with ``"flow"`` [B, N, 3]; the terms of its
+``auxiliary_losses`` (``protocols.AuxiliaryLosses``) are added to the loss and logged as ``train/loss_<name>``.
 """
 
 from __future__ import annotations
@@ -24,7 +23,8 @@ from torch import nn
 from torchmetrics import Metric
 
 from sparse_lab.errors import UserError
-from sparse_lab.tasks.classification import OPTIMIZERS, SCHEDULES, ClassificationTask
+from sparse_lab.tasks import TASKS
+from sparse_lab.tasks.classification import DEFAULT_OPTIMIZER, OPTIMIZERS, SCHEDULES, ClassificationTask, auxiliary_losses
 
 RELATIVE_EPS = 1e-4  # HPLFlowNet / FLOT: relative_err = l2 / (‖sf‖ + 1e-4)
 
@@ -63,15 +63,16 @@ class SceneFlowMetrics(Metric):
         return {name: (getattr(self, name) / self.points.clamp(min=1)).float() for name in self.NAMES}
 
 
+@TASKS.register("scene_flow")
 class SceneFlowTask(pl.LightningModule):
-    def __init__(self, model: nn.Module, optimizer: dict, schedule: str = "onecycle", warmup_fraction: float = 0.1,
+    def __init__(self, model: nn.Module, optimizer: dict | None = None, schedule: str = "onecycle", warmup_fraction: float = 0.1,
                  **unused):
         super().__init__()
         unknown = set(unused) - {"label_smoothing"}  # shared optim keys that mean nothing here
         if unknown:
             raise UserError(f"scene_flow task: unknown model.optim option(s): {', '.join(sorted(unknown))}")
         self.model = model
-        self.optimizer_cfg = dict(optimizer)
+        self.optimizer_cfg = dict(optimizer or DEFAULT_OPTIMIZER)
         name = self.optimizer_cfg.get("name", "adamw")
         if name not in OPTIMIZERS:
             raise UserError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
@@ -91,7 +92,7 @@ class SceneFlowTask(pl.LightningModule):
         output = self(batch)
         pred, target = output["flow"], batch["flow"]
         flow_loss = (pred - target).abs().sum(-1).mean()  # L1 per point, mean over points
-        aux = self.model.auxiliary_losses(output, target, self.current_epoch) if hasattr(self.model, "auxiliary_losses") else {}
+        aux = auxiliary_losses(self.model, output, target, self.current_epoch)
         loss = flow_loss + sum(aux.values())
         train, b = split == "train", len(target)
         self.log(f"{split}/loss", loss, on_step=train, on_epoch=not train, prog_bar=train, batch_size=b)

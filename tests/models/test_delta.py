@@ -51,7 +51,9 @@ def test_delta_cnn_keeps_its_function_and_adds_a_penalty():
     with_delta.eval(), without.eval()
     torch.testing.assert_close(with_delta(x), without(x), atol=1e-3, rtol=0)
     with_delta.train(), without.train()
-    with_delta(x), without(x)
-    assert with_delta.auxiliary_loss().item() > 0 and without.auxiliary_loss() is None
+    y = torch.zeros(2, dtype=torch.long)
+    terms = with_delta.auxiliary_losses(with_delta(x), y, epoch=0)
+    assert set(terms) == {"delta_l1"} and terms["delta_l1"].item() > 0
+    assert without.auxiliary_losses(without(x), y, epoch=0) == {}
     with pytest.raises(UserError, match="video input"):
         build_model("delta_cnn", modality="image", num_classes=10, image_size=16)

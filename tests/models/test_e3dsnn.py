@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 from sparse_lab.cli import CONFIG_DIR
 from sparse_lab.data.points import voxelize
 from sparse_lab.errors import UserError
-from sparse_lab.hardware.sops import SpikeCounter
+from sparse_lab.measure import SpikeCounter
 from sparse_lab.models import build_model
 from sparse_lab.models.e3dsnn import IntegerLIF
 
@@ -46,7 +46,7 @@ def test_trains_and_evaluates_on_cpu():
         assert torch.isfinite(model(x)).all()
 
 
-def test_spike_counter_reports_rates_sops_and_energy():
+def test_spike_counter_reports_rates_and_sops():
     torch.manual_seed(0)
     model = build_model("e3dsnn", modality="point_cloud", num_classes=5, in_chans=4, grid_size=16,
                         embed_dim=8, channels=[8, 16], depths=[1, 1])
@@ -61,8 +61,8 @@ def test_spike_counter_reports_rates_sops_and_energy():
     macs_layers = {s.name for s in counter.synapses.values() if s.kind == "macs"}
     assert macs_layers == {"stem.0.conv", "head"}
     assert 0 < totals["snn/sops"] <= totals["snn/sops_dense"]
-    expected = (4.6 * totals["snn/macs"] + 0.9 * totals["snn/sops"]) * 1e-6
-    assert totals["snn/energy_uJ"] == pytest.approx(expected)
+    assert 0 < totals["snn/macs"] <= totals["snn/macs_dense"]
+    assert "snn/energy_uJ" not in totals  # counts only: the hardware target prices them (tests/measure/test_energy.py)
 
 
 def test_wrong_modality_names_a_dataset():

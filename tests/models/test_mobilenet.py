@@ -1,6 +1,6 @@
 import torch
 
-from sparse_lab.hardware.macs import count_macs, parameter_counts
+from sparse_lab.measure import count_macs, parameter_counts
 from sparse_lab.models import build_model
 from sparse_lab.sparsity import build_method
 

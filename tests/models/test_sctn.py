@@ -107,7 +107,7 @@ def test_presets_and_bad_values():
 
 
 def test_attention_macs_count_both_frames_of_a_sample():
-    from sparse_lab.hardware.macs import count_macs
+    from sparse_lab.measure import count_macs
 
     model = small_sctn()
     rows = {r.name: r.dense for r in count_macs(model, pair(b=1))}

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from sparse_lab.errors import UserError
-from sparse_lab.hardware.macs import count_macs, parameter_counts
+from sparse_lab.measure import count_macs, parameter_counts
 from sparse_lab.models import build_model
 from sparse_lab.models.stvit import CrossAttention, SemanticTokenGeneration
 
@@ -62,7 +62,7 @@ def test_stvit_forward_and_token_counts_follow_config():
 
 def test_stvit_s16_cuts_deit_s_macs_as_the_paper_reports():
     # Chang et al. 2023: STViT on DeiT-S ~58% fewer FLOPs than DeiT-S, same parameters. Our ViT-S/16
-    # counts 4.599 GMACs and 22.05M parameters (tests/hardware/test_macs.py checks it).
+    # counts 4.599 GMACs and 22.05M parameters (tests/measure/test_macs.py checks it).
     stvit = build_model("stvit", modality="image", num_classes=1000, image_size=224, preset="stvit_s16")
     st_macs = sum(r.dense for r in count_macs(stvit, torch.zeros(1, 3, 224, 224)))
     assert 0.55 <= 1 - st_macs / 4.599e9 <= 0.62

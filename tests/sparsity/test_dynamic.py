@@ -1,11 +1,13 @@
 import pytest
 import pytorch_lightning as pl
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from sparse_lab.errors import UserError
 from sparse_lab.models import build_model
-from sparse_lab.sparsity import build_method
+from sparse_lab.sparsity import METHODS, build_method
 from sparse_lab.tasks.classification import ClassificationTask
 
 
@@ -89,7 +91,7 @@ def test_budget_exact_and_grown_weights_reset_after_every_update(name, optimizer
 def two_layer_method(name, **kwargs):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4))
-    method = build_method(name, sparsity=0.5, distribution="uniform", delta_t=1, alpha=0.5, decay="constant", **kwargs)
+    method = build_method(name, sparsity=0.5, distribution="uniform", delta_t=1, alpha=0.5, alpha_schedule="constant", **kwargs)
     method.attach(model, seed=0)
     return model, method
 
@@ -159,6 +161,26 @@ def test_rigl_cosine_schedule_and_stop_at_three_quarters():
     assert dsl.update_fraction(0) == pytest.approx(0.5) and dsl.update_fraction(1000) == pytest.approx(0.005)
     assert dsl.is_update_step(900) and build_method("set").update_fraction(999) == 0.3
 
+
+
+@pytest.mark.parametrize("name,schedule", [("rigl", "cosine"), ("set", "constant"), ("dsl", "cosine")])
+def test_alpha_schedule_from_the_config_sets_the_update_fraction(name, schedule, make_cfg):
+    options = OmegaConf.to_container(make_cfg(f"sparsity={name}").sparsity)
+    assert options["alpha_schedule"] == schedule and "decay" not in options
+    method = METHODS.from_config(options)
+    method.total_steps = 1000
+    middle = method.update_fraction(method.end_step // 2)
+    if schedule == "constant":
+        assert middle == method.alpha
+    else:
+        assert middle == pytest.approx((method.alpha + method.final_alpha) / 2)
+    flipped = "constant" if schedule == "cosine" else "cosine"
+    other = METHODS.from_config(OmegaConf.to_container(make_cfg(f"sparsity={name}",
+                                                                f"sparsity.alpha_schedule={flipped}").sparsity))
+    other.total_steps = 1000
+    assert other.update_fraction(other.end_step // 2) != pytest.approx(middle)
+    with pytest.raises(UserError, match="sparsity.alpha_schedule 'linear'"):
+        build_method(name, alpha_schedule="linear")
 
 # -- DDP: masks agree across ranks -----------------------------------------------------------
 

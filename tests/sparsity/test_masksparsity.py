@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from sparse_lab.errors import IncompatibleError
-from sparse_lab.hardware.macs import count_macs, parameter_counts
+from sparse_lab.measure import count_macs, parameter_counts
 from sparse_lab.models import build_model
 from sparse_lab.sparsity import build_method
 from sparse_lab.sparsity.channels import channel_groups

@@ -1,10 +1,12 @@
 import pytest
 import torch
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from torch import nn
 
 from sparse_lab.experiment import run
 from sparse_lab.models import build_model
-from sparse_lab.sparsity import build_method
+from sparse_lab.sparsity import METHODS, build_method
 from sparse_lab.sparsity.nm import grouped_view, nm_mask, sr_ste_weight
 
 
@@ -44,7 +46,7 @@ def test_sr_ste_gradient_on_a_hand_made_tensor():
     w = torch.tensor([[0.5, -2.0, 1.0, -0.1]], requires_grad=True)
     mask = nm_mask(w, 2, 4)
     assert mask.tolist() == [[False, True, True, False]]
-    out = sr_ste_weight(w, mask, decay=0.1)
+    out = sr_ste_weight(w, mask, sr_ste_lambda=0.1)
     assert out.tolist() == [[0.0, -2.0, 1.0, -0.0]]
     upstream = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
     out.backward(upstream)
@@ -52,8 +54,43 @@ def test_sr_ste_gradient_on_a_hand_made_tensor():
     expected = upstream + 0.1 * torch.tensor([[0.5, 0.0, 0.0, -0.1]])
     assert torch.allclose(w.grad, expected)
     w.grad = None
-    sr_ste_weight(w, mask, decay=0.0).backward(upstream)  # plain STE
+    sr_ste_weight(w, mask, sr_ste_lambda=0.0).backward(upstream)  # plain STE
     assert torch.equal(w.grad, upstream)
+
+
+@pytest.mark.parametrize("preset,n,m", [("nm", 2, 4), ("nm14", 1, 4), ("nm24", 2, 4), ("nm48", 4, 8)])
+def test_presets_compose_nm_and_change_only_n_and_m(preset, n, m, make_cfg):
+    base = OmegaConf.to_container(make_cfg("sparsity=nm").sparsity)
+    options = OmegaConf.to_container(make_cfg(f"sparsity={preset}").sparsity)
+    assert options == {**base, "n": n, "m": m}
+    method = METHODS.from_config(options)
+    assert (method.n, method.m, method.sr_ste_lambda) == (n, m, 2e-4)  # the paper's λ_w
+
+
+def test_sr_ste_lambda_from_the_config_reaches_the_gradient(make_cfg):
+    options = OmegaConf.to_container(make_cfg("sparsity=nm24", "sparsity.sr_ste_lambda=0.5").sparsity)
+    method = METHODS.from_config(options)
+    torch.manual_seed(0)
+    layer = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 3), nn.Linear(3, 2))
+    method.attach(layer)
+    x, w = torch.randn(5, 4), layer[1].weight
+
+    def grad(sr_ste: bool) -> torch.Tensor:
+        method.sr_ste, w.grad = sr_ste, None
+        method.install()
+        layer(x).sum().backward()
+        method.remove()
+        return w.grad.clone()
+
+    # Same forward with and without SR-STE: the gradients differ by exactly λ_w (1 − E) ⊙ W.
+    pruned = ~nm_mask(w.detach(), 2, 4)
+    assert torch.allclose(grad(True) - grad(False), 0.5 * w.detach() * pruned)
+    assert method.details()["sr_ste_lambda"] == 0.0  # sr_ste off: no λ_w term reported
+
+
+def test_the_old_ambiguous_decay_key_is_rejected(make_cfg):
+    with pytest.raises(ConfigCompositionException, match="decay"):
+        make_cfg("sparsity=nm24", "sparsity.decay=0.1")
 
 
 def test_forward_uses_masked_weight_and_state_dict_keeps_dense_weights():

@@ -5,9 +5,9 @@ Measured layers:
 - ``nn.ReLU`` / ``nn.ReLU6``: fraction of outputs exactly 0 (*spatial* sparsity);
 - ``nn.GELU``: fraction of outputs with ``|a| <= gelu_threshold`` (GELU is almost never exactly zero;
   *ours*: 1e-2 by default, i.e. inputs below about -2.4 or with |x| < 0.02);
-- any module that defines ``activation_zeros(inputs, output) -> (zeros, total)`` and an
-  ``activation_kind`` (``"temporal"`` for Delta Activation Layers, ``"spikes"`` for spiking neurons),
-  which is how layers whose sparsity is not "output == 0" report it.
+- any module that declares ``activation_kind`` and ``activation_zeros(inputs, output) -> (zeros, total)``
+  (``protocols.ActivationReport``: ``"temporal"`` for Delta Activation Layers, ``"spikes"`` for spiking
+  neurons), which is how layers whose sparsity is not "output == 0" report it.
 
 ``ActivationMonitor`` installs the hooks only while measuring (a context manager) and removes every
 one of them afterwards; ``ActivationSparsity`` is the Lightning callback that measures during
@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import pytorch_lightning as pl
 import torch
 from torch import nn
+
+from sparse_lab.protocols import ActivationReport
 
 ZERO_OUTPUT_TYPES = (nn.ReLU, nn.ReLU6)
 
@@ -47,8 +49,8 @@ class ActivationMonitor:
 
     # -- which layers, and how each counts its zeros -----------------------------------------
     def _counter(self, module: nn.Module):
-        if hasattr(module, "activation_zeros"):
-            return getattr(module, "activation_kind", "spatial"), module.activation_zeros
+        if isinstance(module, ActivationReport):
+            return module.activation_kind, module.activation_zeros
         if isinstance(module, ZERO_OUTPUT_TYPES):
             return "spatial", lambda inputs, output: (int((output == 0).sum()), output.numel())
         if isinstance(module, nn.GELU):
@@ -92,7 +94,8 @@ class ActivationMonitor:
     # -- results ------------------------------------------------------------------------------
     def table(self) -> list[dict]:
         return [
-            dict(name=c.name, kind=c.kind, type=c.module_type, zero_fraction=c.zero_fraction, zeros=c.zeros, total=c.total)
+            dict(name=c.name, kind=c.kind, type=c.module_type, zero_fraction=c.zero_fraction, zeros=c.zeros,
+                 total=c.total)
             for c in self.counts.values()
             if c.total
         ]
@@ -106,8 +109,10 @@ class ActivationMonitor:
         for kind, prefix in (("spatial", ""), ("temporal", "temporal_"), ("spikes", "spike_")):
             chosen = [r for r in rows if r["kind"] == kind]
             if chosen:
-                metrics[f"activations/{prefix}mean_zero_fraction"] = sum(r["zero_fraction"] for r in chosen) / len(chosen)
-                metrics[f"activations/{prefix}overall_zero_fraction"] = sum(r["zeros"] for r in chosen) / sum(r["total"] for r in chosen)
+                zeros, total = sum(r["zeros"] for r in chosen), sum(r["total"] for r in chosen)
+                mean = sum(r["zero_fraction"] for r in chosen) / len(chosen)
+                metrics[f"activations/{prefix}mean_zero_fraction"] = mean
+                metrics[f"activations/{prefix}overall_zero_fraction"] = zeros / total
         metrics["activations/layers"] = len(rows)
         return metrics
 

@@ -1,11 +1,11 @@
-import pytorch_lightning as pl
 import pytest
+import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from sparse_lab.measure import ActivationMonitor, ActivationSparsity
 from sparse_lab.models.delta import DeltaActivation
-from sparse_lab.tasks.activations import ActivationMonitor, ActivationSparsity
 from sparse_lab.tasks.classification import ClassificationTask
 
 

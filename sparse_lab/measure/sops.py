@@ -1,6 +1,6 @@
-"""Spiking models: spike rates, synaptic operations (SOPs) and the energy estimate of SNN papers.
+"""Spiking models: spike rates and synaptic operations (SOPs), counted by forward hooks.
 
-Conventions a spiking model follows (E-3DSNN does):
+Conventions a spiking model follows (E-3DSNN does; see ``protocols.ActivationReport`` / ``SpikeInput``):
 
 - a spiking neuron module has ``activation_kind = "spikes"``; its output is the spike count per
   neuron (integers 0..D for integer neurons, 0/1 for binary ones);
@@ -11,23 +11,25 @@ Conventions a spiking model follows (E-3DSNN does):
 - every other weight layer (the encoding layer reading real-valued input, a classifier on pooled
   values) costs multiply-accumulates.
 
-Energy (45 nm, Horowitz 2014, as in the E-3DSNN paper): ``E = 4.6 pJ x MACs + 0.9 pJ x SOPs``.
 Counts are per sample. *Effective* counts skip zero weights (a pruned synapse never fires); ``dense``
-counts assume every weight present.
+counts assume every weight present. What an operation costs is the hardware target's business: the
+callback prices the counts with the ``energy_uj(macs, sops)`` it is given.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from sparse_lab.hardware.sparse_conv import is_sparse_conv, sparse_conv_macs, sparse_conv_sops
+from sparse_lab.measure.sparse_conv import sparse_conv_macs, sparse_conv_sops
+from sparse_lab.protocols import ActivationReport, SpikeInput
+from sparse_lab.spconv_layout import is_sparse_conv
 
-E_MAC_PJ = 4.6
-E_AC_PJ = 0.9
+WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 @dataclass
@@ -46,8 +48,12 @@ class SynapseCount:
     effective: float = 0.0
 
 
+def is_spiking_neuron(module: nn.Module) -> bool:
+    return isinstance(module, ActivationReport) and module.activation_kind == "spikes"
+
+
 def has_spiking_layers(model: nn.Module) -> bool:
-    return any(getattr(m, "activation_kind", None) == "spikes" for m in model.modules())
+    return any(is_spiking_neuron(m) for m in model.modules())
 
 
 def _linear_like_costs(module: nn.Module, x: torch.Tensor, output: torch.Tensor, spikes: bool) -> tuple[float, float]:
@@ -84,11 +90,11 @@ class SpikeCounter:
         self.neurons, self.synapses, self.samples = {}, {}, 0
         self._hooks.append(self.model.register_forward_pre_hook(self._count_samples))
         for name, module in self.model.named_modules():
-            if getattr(module, "activation_kind", None) == "spikes":
+            if is_spiking_neuron(module):
                 entry = self.neurons.setdefault(name, NeuronCount(name))
                 self._hooks.append(module.register_forward_hook(self._neuron_hook(entry)))
-            elif is_sparse_conv(module) or isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-                spikes = bool(getattr(module, "spike_input", False))
+            elif is_sparse_conv(module) or isinstance(module, WEIGHT_LAYERS):
+                spikes = isinstance(module, SpikeInput) and bool(module.spike_input)
                 entry = self.synapses.setdefault(name, SynapseCount(name, "sops" if spikes else "macs"))
                 self._hooks.append(module.register_forward_hook(self._synapse_hook(entry, spikes)))
         return self
@@ -133,7 +139,7 @@ class SpikeCounter:
 
     # -- results ------------------------------------------------------------------------------
     def totals(self) -> dict:
-        """Per-sample totals: SOPs and MACs (dense and effective), spike statistics, energy in µJ."""
+        """Per-sample totals: SOPs and MACs (dense and effective) and spike statistics."""
         n = max(self.samples, 1)
         sops = sum(s.effective for s in self.synapses.values() if s.kind == "sops") / n
         sops_dense = sum(s.dense for s in self.synapses.values() if s.kind == "sops") / n
@@ -147,7 +153,6 @@ class SpikeCounter:
             "snn/sops_dense": sops_dense,
             "snn/macs": macs,
             "snn/macs_dense": macs_dense,
-            "snn/energy_uJ": (E_MAC_PJ * macs + E_AC_PJ * sops) * 1e-6,
         }
 
     def layer_rates(self) -> dict:
@@ -158,22 +163,33 @@ class SpikeCounter:
         n = max(self.samples, 1)
         rows = [dict(name=c.name, kind="neuron", spike_rate=c.spikes / c.neurons, firing_fraction=c.nonzero / c.neurons)
                 for c in self.neurons.values() if c.neurons]
-        rows += [dict(name=s.name, kind=s.kind, dense=s.dense / n, effective=s.effective / n) for s in self.synapses.values()]
+        rows += [dict(name=s.name, kind=s.kind, dense=s.dense / n, effective=s.effective / n)
+                 for s in self.synapses.values()]
         return rows
 
 
 class SpikeStats(pl.Callback):
-    """During ``Trainer.test``: log spike rate (overall and per layer), SOPs, MACs and energy per sample."""
+    """During ``Trainer.test`` of a model with spiking layers: log spike rate (overall and per layer), SOPs
+    and MACs per sample, and ``snn/energy_uJ`` = ``energy_uj(macs, sops)``, the run's target's prices (so
+    it agrees with that target's ``energy/uJ``). A model without spiking layers logs nothing."""
 
-    def __init__(self):
+    def __init__(self, energy_uj: Callable[[float, float], float]):
+        self.energy_uj = energy_uj
         self.counter: SpikeCounter | None = None
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.counter = SpikeCounter(pl_module.model).start()
+        # Checked per test: a method may have rebuilt the model since the callback was made.
+        self.counter = SpikeCounter(pl_module.model).start() if has_spiking_layers(pl_module.model) else None
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.counter is None:
             return
         self.counter.stop()
-        for key, value in {**self.counter.totals(), **self.counter.layer_rates()}.items():
+        totals = self.counter.totals()
+        totals["snn/energy_uJ"] = self.energy_uj(totals["snn/macs"], totals["snn/sops"])
+        for key, value in {**totals, **self.counter.layer_rates()}.items():
             pl_module.log(key, float(value), on_step=False, on_epoch=True)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self.counter is not None:  # a failed or interrupted test leaves no hooks behind
+            self.counter.stop()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sparse_lab.spconv_layout import is_sparse_conv, kernel_major_weight  # noqa: F401  (re-exported)
+from sparse_lab.spconv_layout import kernel_major_weight
 
 
 def _keys(indices: torch.Tensor, shape: list[int]) -> torch.Tensor:

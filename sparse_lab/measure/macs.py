@@ -2,10 +2,10 @@
 
 Counted: convolutions (``out_elements · C_in/groups · k``), linear layers (``out_elements · in``), spconv
 sparse convolutions (``active pairs · C_in · C_out``, see ``sparse_conv.py``), and any module that
-defines ``extra_macs(inputs, output)`` (attention matmuls), which is how computation hidden inside a
-fused op is made visible. *Effective* MACs skip multiplications by zero weights: a layer's dense MACs
-times its weight density (sparse convolutions: pairs per kernel offset times that offset's nonzeros).
-FLOPs are twice MACs; we report MACs.
+declares ``extra_macs(inputs, output)`` (``protocols.ExtraMacs``: attention matmuls), which is how
+computation hidden inside a fused op is made visible. *Effective* MACs skip multiplications by zero
+weights: a layer's dense MACs times its weight density (sparse convolutions: pairs per kernel offset
+times that offset's nonzeros). FLOPs are twice MACs; we report MACs.
 """
 
 from __future__ import annotations
@@ -15,7 +15,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sparse_lab.hardware.sparse_conv import is_sparse_conv, sparse_conv_macs
+from sparse_lab.measure.sparse_conv import sparse_conv_macs
+from sparse_lab.protocols import ExtraMacs
+from sparse_lab.spconv_layout import is_sparse_conv
+
+WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 @dataclass
@@ -53,7 +57,7 @@ def count_macs(model: nn.Module, example_input) -> list[LayerMacs]:
                 weight = module.weight
                 density = float(torch.count_nonzero(weight)) / weight.numel()
                 rows.append(LayerMacs(name, type(module).__name__, dense, round(dense * density), f"{name}.weight"))
-            elif hasattr(module, "extra_macs"):
+            elif isinstance(module, ExtraMacs):
                 macs = int(module.extra_macs(inputs, output))
                 rows.append(LayerMacs(name, type(module).__name__, macs, macs, None))
 
@@ -74,8 +78,7 @@ def count_macs(model: nn.Module, example_input) -> list[LayerMacs]:
 
 
 def _is_counted(module: nn.Module) -> bool:
-    return (isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) or hasattr(module, "extra_macs")
-            or is_sparse_conv(module))
+    return isinstance(module, (*WEIGHT_LAYERS, ExtraMacs)) or is_sparse_conv(module)
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from sparse_lab.spconv_compat import spconv  # noqa: F401
 import spconv.pytorch as sp
 
-from sparse_lab.hardware.macs import count_macs
-from sparse_lab.hardware.sparse_conv import pair_mask, sparse_conv_sops
+from sparse_lab.measure import count_macs
+from sparse_lab.measure.sparse_conv import pair_mask, sparse_conv_sops
 
 
 def tensor(coords, feats=None, shape=(4, 4, 4), batch=1, cin=2):
