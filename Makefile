@@ -8,7 +8,7 @@ SHELL := /bin/bash
 # pip's notes about local mirror folders it skips are noise; real errors still fail the build.
 QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: install train test bench clean
+.PHONY: install train test lint bench clean
 
 install: $(STAMP)
 
@@ -24,6 +24,9 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check sparse_lab tests scripts
 
 bench: $(STAMP)
 	for script in scripts/bench_*.py; do $(BIN)/python $$script || exit 1; done

@@ -14,7 +14,7 @@ from sparse_lab.measure import count_macs, parameter_counts
 from sparse_lab.models import build_model
 
 SIZES = [("Ti", "vit_ti16", "stvit_ti16"), ("S", "vit_s16", "stvit_s16"), ("B", "vit_b16", "stvit_b16")]
-PAPER_REDUCTION = "≈ 58%"  # Chang et al. 2023: STViT on DeiT-T/S/B, FLOPs -58% (METHODS.md)
+PAPER_REDUCTION = "≈ 58%"  # Chang et al., CVPR 2023: STViT on DeiT-T/S/B, about 58% fewer FLOPs, same parameters
 
 
 def macs_and_params(name: str, preset: str) -> tuple[int, int]:

@@ -27,8 +27,8 @@ in two cases:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -58,7 +58,7 @@ def _is_depthwise(layer: nn.Module) -> bool:
 
 def _check_narrowable(layer: nn.Module) -> None:
     if isinstance(layer, _ConvNd) and layer.transposed:
-        raise ValueError(f"cannot narrow a transposed convolution ({type(layer).__name__}): its weight is [C_in, C_out, ...]")
+        raise ValueError(f"cannot narrow a transposed convolution ({type(layer).__name__}): its weight is [C_in, C_out]")
     if getattr(layer, "groups", 1) != 1 and not _is_depthwise(layer):
         raise ValueError(f"cannot narrow a grouped convolution ({layer.groups} groups)")
 

@@ -32,11 +32,7 @@ def one_config_per_method() -> list[str]:
 
 METHODS = one_config_per_method()
 # Combinations rejected before training, with a one-line reason (listed in docs/methods.md).
-INCOMPATIBLE = {
-    ("delta_cnn", "masksparsity"),  # no BatchNorm channels or gates to regularise and remove
-    ("e3dsnn", "masksparsity"),
-    ("sctn", "masksparsity"),
-}
+INCOMPATIBLE: set[tuple[str, str]] = set()  # every model family declares channel groups for masksparsity
 PRIMARY_METRICS = {"test/acc": (0.0, 1.0), "test/epe3d": (0.0, math.inf)}  # classification, scene flow
 
 

@@ -15,7 +15,6 @@ from sparse_lab.cli import CONFIG_DIR
 from sparse_lab.errors import UserError
 from sparse_lab.experiment import RUN_TRAINER_ARGS, build_trainer
 from sparse_lab.model_summary import ModelSummaryWithoutFlops
-
 from tests.conftest import run_cli
 
 SIGNATURE = {name: p.default for name, p in inspect.signature(pl.Trainer.__init__).parameters.items() if name != "self"}
@@ -29,8 +28,9 @@ def trainer_cfg(*overrides: str, option: str = "default"):
         return compose("config", overrides=[f"trainer={option}", "logger=none", *overrides])
 
 
-def build(tmp_path, *overrides: str, drop: tuple[str, ...] = (), **values) -> pl.Trainer:
-    cfg = trainer_cfg(*overrides)
+def build(tmp_path, drop: tuple[str, ...] = (), **values) -> pl.Trainer:
+    """build_trainer on the default trainer config, with the ``drop`` keys left out and ``values`` set."""
+    cfg = trainer_cfg()
     trainer = OmegaConf.to_container(cfg.trainer)
     cfg.trainer = {**{k: v for k, v in trainer.items() if k not in drop}, **values}
     return build_trainer(cfg, "cpu", [], [], tmp_path)

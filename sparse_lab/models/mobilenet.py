@@ -114,8 +114,9 @@ class MobileNetV2(nn.Module):
         groups = []
         first = features[1]
         if len(first.conv) == 2 and not first.use_residual:
-            groups.append(bn_chain_group(f"{p}.0", _link(f"{p}.0", features[0]), _activation(first.conv[0]),
-                                         _reader(f"{p}.1.conv.1", first.conv[1]), _link(f"{p}.1.conv.0", first.conv[0])))
+            stem, reader = _link(f"{p}.0", features[0]), _reader(f"{p}.1.conv.1", first.conv[1])
+            groups.append(bn_chain_group(f"{p}.0", stem, _activation(first.conv[0]), reader,
+                                         _link(f"{p}.1.conv.0", first.conv[0])))
         for i, block in enumerate(features):
             if isinstance(block, InvertedResidual) and len(block.conv) == 3:
                 b = f"{p}.{i}.conv"

@@ -40,8 +40,8 @@ from sparse_lab.errors import UserError
 from sparse_lab.models import MODELS
 from sparse_lab.models.presets import resolve_preset
 from sparse_lab.protocols import ChannelGroup
-from sparse_lab.surgery import Consumer, ConvBN, bn_chain_group
 from sparse_lab.spconv_compat import spconv  # noqa: F401  (applies the CPU fixes)
+from sparse_lab.surgery import Consumer, ConvBN, bn_chain_group
 import spconv.pytorch as sp  # noqa: E402
 
 PRESETS = {

@@ -21,7 +21,7 @@ from sparse_lab.surgery import ensure_gate, head_columns, keep_gated_inputs, kee
 PRESETS = {
     # Sized for 2 CPU cores and 32x32 inputs (digits/CIFAR): ~0.55M parameters, 16 tokens.
     "small32": dict(patch_size=8, embed_dim=128, depth=4, num_heads=4, mlp_ratio=2.0),
-    # The reference 32x32 geometry: slower on CPU (64 tokens), more accurate with long training.
+    # A wider 32x32 geometry (patch 4: 64 tokens): slower on CPU, more accurate with long training.
     "wide32": dict(patch_size=4, embed_dim=192, depth=6, num_heads=3, mlp_ratio=2.0),
     "vit_ti16": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0),
     "vit_s16": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0),

@@ -154,9 +154,9 @@ class MaskSparsity(SparsityMethod):
     def attach(self, model: nn.Module, seed: int = 0, example_input=None) -> None:
         self.groups = channel_groups(model, add_gates=True, example_input=self._on_model(example_input, model))
         if not self.groups:
-            why = "has no BatchNorm channels to trace" if example_input is not None else "no example input was given to trace it"
-            raise IncompatibleError(f"masksparsity: {type(model).__name__} offers no prunable channel groups: it declares "
-                                    f"none (protocols.ChannelGroups) and {why}")
+            why = "no BatchNorm channels to trace" if example_input is not None else "no example input to trace it with"
+            raise IncompatibleError(f"masksparsity: {type(model).__name__} offers no prunable channel groups: it "
+                                    f"declares none (protocols.ChannelGroups) and there are {why}")
         self._example = example_input
         super().attach(model, seed, example_input)
         self.stats["channels_before"] = self._channel_counts(self.groups)
@@ -211,9 +211,8 @@ class MaskSparsity(SparsityMethod):
         return self.selected
 
     def _index_selected(self) -> None:
-        self._selected_pairs = [
-            (scale, self.selected[g.name].to(scale.device)) for g in self.groups if len(self.selected[g.name]) for scale in group_scales(g)
-        ]
+        self._selected_pairs = [(scale, self.selected[g.name].to(scale.device))
+                                for g in self.groups if len(self.selected[g.name]) for scale in group_scales(g)]
 
     @torch.no_grad()
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:

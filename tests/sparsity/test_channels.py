@@ -65,7 +65,8 @@ def scene_pair():
 FAMILIES = {
     "mobilenet_v1": lambda: (image_model("mobilenet_v1", width_mult=0.25), torch.randn(4, 3, 16, 16), None),
     "mobilenet_v2": lambda: (image_model("mobilenet_v2", width_mult=0.35), torch.randn(4, 3, 16, 16), None),
-    "vit": lambda: (image_model("vit", patch_size=4, embed_dim=32, depth=2, num_heads=4), torch.randn(4, 3, 16, 16), None),
+    "vit": lambda: (image_model("vit", patch_size=4, embed_dim=32, depth=2, num_heads=4), torch.randn(4, 3, 16, 16),
+                    None),
     "stvit": lambda: (
         image_model("stvit", patch_size=4, embed_dim=32, depth=4, num_heads=4, stgm_at=1, pool_size=2, num_global=1),
         torch.randn(4, 3, 16, 16), None,

@@ -91,7 +91,8 @@ def test_budget_exact_and_grown_weights_reset_after_every_update(name, optimizer
 def two_layer_method(name, **kwargs):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4))
-    method = build_method(name, sparsity=0.5, distribution="uniform", delta_t=1, alpha=0.5, alpha_schedule="constant", **kwargs)
+    method = build_method(name, sparsity=0.5, distribution="uniform", delta_t=1, alpha=0.5, alpha_schedule="constant",
+                          **kwargs)
     method.attach(model, seed=0)
     return model, method
 

@@ -1,5 +1,7 @@
 """MaskSparsity: the narrowed model computes what the masked model computes, with fewer parameters and
-MACs; the regularisation touches only the selected scales; round 1 trains the new, narrower tensors."""
+MACs; the regularisation touches only the selected scales (and the scales coupled to them); round 1 trains
+the new, narrower tensors; models that declare nothing go through Torch-Pruning's dependency graph; every
+model family trains with it. Per-family exactness of the surgery: test_channels.py."""
 
 import copy
 
@@ -143,7 +145,75 @@ def test_two_rounds_regularise_then_train_the_narrow_model():
     assert parameter_counts(task.model)[0] < parameter_counts(model)[0]
 
 
-def test_model_without_channel_groups_is_declared_incompatible():
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(4))
+@pytest.mark.parametrize("example", [None, torch.zeros(1, 3, 16, 16)])
+def test_model_without_channel_groups_is_declared_incompatible(example):
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 14 * 14, 4))  # no BatchNorm
     with pytest.raises(IncompatibleError, match="no prunable channel groups"):
-        build_method("masksparsity").attach(model)
+        build_method("masksparsity").attach(model, example_input=example)
+
+
+class UsersCNN(nn.Module):
+    """A model written outside sparse-lab that declares nothing: stem and body joined by a residual sum."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.body = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                                  nn.Conv2d(16, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8))
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.head(torch.relu(x + self.body(x)).mean((2, 3)))
+
+
+def test_generic_path_ranks_and_regularises_coupled_scales_and_narrows_a_users_cnn():
+    torch.manual_seed(0)
+    model, x = UsersCNN(), torch.randn(4, 3, 16, 16)
+    method = build_method("masksparsity", ratio=4 / 24, target="channels", lam=1e-3)  # 4 of the 8 + 16 channels
+    method.attach(model, example_input=x[:1])
+    groups = {g.name: g for g in method.groups}
+    assert set(groups) == {"stem.1", "body.1"}
+    coupled = groups["stem.1"]
+    assert coupled.scale is model.stem[1].weight and coupled.coupled_scales == (model.body[4].weight,)
+    with torch.no_grad():  # channel 0 has the smallest γ in stem.1 but a large one in the coupled BN
+        model.stem[1].weight.copy_(torch.tensor([0.1, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1]))
+        model.body[4].weight.copy_(torch.tensor([2.0, 0.5, -0.6, 0.7, 0.8, 0.9, 1.0, 1.1]))
+        model.body[1].weight.copy_(torch.linspace(1.5, 3.0, 16))
+        for bn in (model.stem[1], model.body[1], model.body[4]):
+            bn.bias.copy_(-torch.rand(bn.num_features))  # ≤ 0: removed channels are 0 after ReLU (exact removal)
+            bn.running_mean.normal_()
+    selected = method.select(model, x[:1])
+    assert selected["stem.1"].tolist() == [1, 2, 3, 4] and not len(selected["body.1"])  # channel 0: mean |γ| 1.05
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    method.on_before_optimizer_step(None, None, None)
+    for scale in (model.stem[1].weight, model.body[4].weight):
+        expected = torch.zeros(8)
+        expected[[1, 2, 3, 4]] = 1e-3 * torch.sign(scale.detach()[[1, 2, 3, 4]])
+        assert torch.equal(scale.grad, expected)
+
+    masked = copy.deepcopy(model)
+    with torch.no_grad():
+        for bn, name in ((masked.stem[1], "stem.1"), (masked.body[4], "stem.1"), (masked.body[1], "body.1")):
+            bn.weight[selected[name]] = 0
+    narrow = method.prune(model)
+    masked.eval(), narrow.eval()
+    with torch.no_grad():
+        assert torch.allclose(narrow(x), masked(x), rtol=1e-5, atol=1e-6)
+    assert narrow.stem[0].out_channels == narrow.body[3].out_channels == narrow.head.in_features == 4
+    assert narrow.body[0].out_channels == 16 and narrow.head.out_features == 5
+    assert method.stats["params_after"] < method.stats["params_before"]
+
+
+@pytest.mark.parametrize("model", ["e3dsnn", "sctn", "delta_cnn"])
+def test_runs_on_sparse_conv_spiking_and_delta_models(model, make_cfg, tmp_path):
+    from sparse_lab.experiment import run
+
+    cfg = make_cfg(f"model={model}", "sparsity=masksparsity", "trainer.limit_train_batches=2",
+                   "trainer.limit_val_batches=1", "trainer.limit_test_batches=1")
+    results = run(cfg, tmp_path)
+    stats = results["sparsity"]
+    assert results["status"] == "completed" and stats["pruned"]
+    assert results["metrics"]["params/total"] == stats["params_after"] < stats["params_before"]
+    assert stats["macs_after"] < stats["macs_before"]

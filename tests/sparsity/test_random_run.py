@@ -1,4 +1,4 @@
-"""The issue's acceptance run, in-process and short: MobileNetV2, 90% uniform random pruning."""
+"""MobileNetV2 with 90% uniform random pruning (the `mobilenet_uniform90` recipe), in-process and short."""
 
 import pytest
 import torch
