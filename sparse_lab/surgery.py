@@ -58,7 +58,7 @@ def _is_depthwise(layer: nn.Module) -> bool:
 
 def _check_narrowable(layer: nn.Module) -> None:
     if isinstance(layer, _ConvNd) and layer.transposed:
-        raise ValueError(f"cannot narrow a transposed convolution ({type(layer).__name__}): its weight is [C_in, C_out]")
+        raise ValueError(f"cannot narrow a transposed convolution ({type(layer).__name__}): weight [C_in, C_out, ...]")
     if getattr(layer, "groups", 1) != 1 and not _is_depthwise(layer):
         raise ValueError(f"cannot narrow a grouped convolution ({layer.groups} groups)")
 
@@ -136,7 +136,7 @@ def ensure_gate(module: nn.Module, size: int, like: torch.Tensor, add_gates: boo
 def reads_full_windows(layer: nn.Module) -> bool:
     """Whether every output of ``layer`` reads a whole kernel window of its input, so that a constant input
     channel adds the same constant to every output (foldable). Padded convs see zeros at the border;
-    sparse convs with a kernel over one voxel see only the active neighbours."""
+    sparse convs with a kernel larger than one voxel see only each site's active neighbours."""
     if isinstance(layer, nn.Linear):
         return True
     if is_sparse_conv(layer):
@@ -168,10 +168,8 @@ def fold_constant_inputs(consumer: nn.Module, channels: torch.Tensor, values: to
         consumer.bias += shift
     elif bn is not None and bn.track_running_stats:
         bn.running_mean -= shift
-    elif not is_sparse_conv(consumer):  # spconv's CPU eval path has no bias: never give it one
+    else:  # (sparse convs too: sparse_lab.spconv_compat adds a bias on the CPU in eval mode)
         consumer.bias = nn.Parameter(shift.clone())
-    else:
-        raise ValueError("a sparse conv without bias or BatchNorm cannot take a folded constant")
 
 
 # -- BN chains --------------------------------------------------------------------------------------

@@ -129,7 +129,8 @@ class MaskSparsity(SparsityMethod):
         **kwargs,
     ):
         kwargs.pop("sparsity", None)
-        super().__init__(sparsity=0.0, prune_first_layer=prune_first_layer, prune_classifier=prune_classifier, exclude=exclude, **kwargs)
+        super().__init__(sparsity=0.0, prune_first_layer=prune_first_layer, prune_classifier=prune_classifier,
+                         exclude=exclude, **kwargs)
         self.ratio = check_range("sparsity.ratio", ratio, 0.0, 1.0)
         if target not in TARGETS:
             raise UserError(f"unknown sparsity.target {target!r}; choose one of: {', '.join(TARGETS)}")
@@ -204,9 +205,11 @@ class MaskSparsity(SparsityMethod):
             self.stats["macs_before"] = total
         elif self.target == "flops":
             raise ValueError("a FLOP target needs an example input to count MACs")
-        self.selected = select_channels(self.groups, self.ratio, self.target, macs_per_channel, total, self.min_channels)
+        self.selected = select_channels(self.groups, self.ratio, self.target, macs_per_channel, total,
+                                        self.min_channels)
         if macs_per_channel is not None:
-            self.stats["macs_selected_estimate"] = sum(len(self.selected[g.name]) * c for g, c in zip(self.groups, macs_per_channel))
+            self.stats["macs_selected_estimate"] = sum(len(self.selected[g.name]) * c
+                                                       for g, c in zip(self.groups, macs_per_channel))
         self._index_selected()
         return self.selected
 
@@ -264,7 +267,8 @@ class MaskSparsity(SparsityMethod):
         self.params = self.select_params(narrow)
         self.target_densities = [1.0] * len(self.params)
         self.set_masks({})
-        log.info("masksparsity: removed %s channels; parameters %d -> %d", self.stats["channels_before"], self.stats["params_before"], self.stats["params_after"])
+        log.info("masksparsity: removed %s channels; parameters %d -> %d", self.stats["channels_before"],
+                 self.stats["params_before"], self.stats["params_after"])
         return narrow
 
     # -- reporting ----------------------------------------------------------------------------
@@ -293,7 +297,8 @@ class MaskSparsity(SparsityMethod):
         }
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "selected": {k: v.cpu() for k, v in self.selected.items()}, "round": self.round, "pruned": self.pruned}
+        selected = {k: v.cpu() for k, v in self.selected.items()}
+        return {**super().state_dict(), "selected": selected, "round": self.round, "pruned": self.pruned}
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)

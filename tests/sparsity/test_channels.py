@@ -19,6 +19,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from sparse_lab.data.points import voxelize
 from sparse_lab.models import build_model
 from sparse_lab.sparsity.channels import channel_groups
+from sparse_lab.spconv_compat import spconv
 from sparse_lab.surgery import (
     Consumer,
     ConvBN,
@@ -29,9 +30,6 @@ from sparse_lab.surgery import (
     keep_outputs,
     reads_full_windows,
 )
-from sparse_lab.spconv_compat import spconv  # noqa: F401  (CPU fixes)
-
-import spconv.pytorch as sp  # noqa: E402
 
 
 def relu_silent(beta):  # ReLU(β) == 0
@@ -202,7 +200,7 @@ def test_surgery_folds_constants_only_into_full_window_consumers(kernel):
 
 
 def test_sparse_conv_surgery_uses_spconv_weight_layout():
-    conv = sp.SubMConv3d(6, 5, 3, padding=1, bias=False, indice_key="k")  # weight [C_out, 3, 3, 3, C_in]
+    conv = spconv.pytorch.SubMConv3d(6, 5, 3, padding=1, bias=False, indice_key="k")  # weight [C_out, 3, 3, 3, C_in]
     weight = conv.weight.detach().clone()
     keep_outputs(conv, torch.tensor([0, 3, 4]))
     keep_inputs(conv, torch.tensor([1, 2]), offset=2, width=3)  # inputs 2..4 are a concatenated slice
@@ -211,7 +209,7 @@ def test_sparse_conv_surgery_uses_spconv_weight_layout():
     bn = nn.BatchNorm1d(5)
     keep_bn(bn, torch.tensor([0, 3, 4]))
     assert bn.weight.shape == bn.running_mean.shape == (3,)
-    assert not reads_full_windows(conv) and reads_full_windows(sp.SubMConv3d(4, 4, 1, indice_key="p"))
+    assert not reads_full_windows(conv) and reads_full_windows(spconv.pytorch.SubMConv3d(4, 4, 1, indice_key="p"))
 
 
 # -- generic path -----------------------------------------------------------------------------------

@@ -31,6 +31,10 @@ def small_model(name):
     return build_model(name, modality="image", num_classes=5, image_size=16, in_chans=3, **SMALL[name])
 
 
+def unselected(group, selected):
+    return [i for i in range(group.size) if i not in set(selected[group.name].tolist())]
+
+
 @torch.no_grad()
 def trained_looking(model, groups):
     """BN statistics, biases and scales away from their init, so folding and gating matter."""
@@ -102,7 +106,7 @@ def test_regularisation_touches_only_the_selected_scales():
         assert torch.equal(p.grad, expected), pname
     # The lowest-ranked channels were chosen: every selected |γ| <= every unselected one (one kind).
     chosen = torch.cat([g.scale.detach().abs()[selected[g.name]] for g in method.groups])
-    kept = torch.cat([g.scale.detach().abs()[[i for i in range(g.size) if i not in set(selected[g.name].tolist())]] for g in method.groups])
+    kept = torch.cat([g.scale.detach().abs()[unselected(g, selected)] for g in method.groups])
     assert chosen.max() <= kept.min()
 
 
@@ -129,9 +133,7 @@ def test_two_rounds_regularise_then_train_the_narrow_model():
         trainer.fit(task, data)
         if r == 0:
             sel = method.selected_scales()
-            unsel = torch.cat([
-                g.scale.detach()[[i for i in range(g.size) if i not in set(method.selected[g.name].tolist())]] for g in method.groups
-            ])
+            unsel = torch.cat([g.scale.detach()[unselected(g, method.selected)] for g in method.groups])
             assert sel.max() < 0.5 < unsel.min(), "λ·sign(γ) drove only the selected gates towards zero"
             assert not torch.equal(torch.cat(gates_before), torch.cat([g.scale.detach() for g in method.groups]))
             params_round0 = {id(p) for p in task.model.parameters()}
