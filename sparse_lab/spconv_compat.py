@@ -1,7 +1,7 @@
 """spconv on machines without CUDA: backward passes and eval-mode biases that work on the CPU.
 
 Import ``spconv`` through this module (``from sparse_lab.spconv_compat import spconv``) or call
-:func:`apply` before using it. Two gaps of spconv's CPU build are closed, once per process:
+:func:`apply` before using it. Three gaps of spconv's CPU build are closed, once per process:
 
 1. Backward asks CUDA for the current stream even for CPU tensors
    (``torch.cuda.current_stream().cuda_stream`` raises without a GPU). When CUDA is unavailable,
@@ -14,8 +14,15 @@ Import ``spconv`` through this module (``from sparse_lab.spconv_compat import sp
    without the bias and adds it afterwards, exactly what training mode does. CUDA inputs take
    spconv's own path unchanged.
 
-With CUDA present nothing about the stream is replaced; the bias wrapper only acts on CPU tensors.
-``apply`` is idempotent.
+3. With more than one OpenMP thread, spconv's CPU kernels (2.3) race: the same sparse convolution on
+   the same input gives outputs that differ by up to 10% of their magnitude from call to call (a
+   3000-site, 16-channel SubMConv3d: max difference 0.47 with two threads, exactly 0 with one). Every
+   CPU call of ``spconv.pytorch.ops`` (index pairs, convolution, pooling, forward and backward) now
+   runs with one torch thread, the rest of the model keeps its threads. One thread is also the faster
+   setting for these kernels here (scripts/bench_spconv.py).
+
+With CUDA present nothing about the stream is replaced; the bias wrapper and the thread guard only act
+on CPU tensors. ``apply`` is idempotent.
 
 Recognising sparse convolutions and reading their weight layout is ``sparse_lab.spconv_layout``'s job.
 """
@@ -78,6 +85,45 @@ def _patch_cpu_bias() -> None:
     SparseConvolution._conv_forward = _conv_forward
 
 
+SINGLE_THREAD_OPS = (
+    "get_indice_pairs", "get_indice_pairs_implicit_gemm", "indice_conv", "indice_conv_backward", "implicit_gemm",
+    "implicit_gemm_backward", "indice_maxpool", "indice_maxpool_backward", "indice_maxpool_implicit_gemm",
+    "indice_maxpool_implicit_gemm_backward", "indice_avgpool_implicit_gemm", "indice_avgpool_implicit_gemm_backward",
+)
+
+
+def _on_cpu(args, kwargs) -> bool:
+    tensor = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+    return tensor is not None and tensor.device.type == "cpu"
+
+
+def _single_threaded(fn):
+    """``fn`` with one torch (OpenMP) thread while it runs on CPU tensors (see point 3 above)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        threads = torch.get_num_threads()
+        if threads == 1 or not _on_cpu(args, kwargs):
+            return fn(*args, **kwargs)
+        torch.set_num_threads(1)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    wrapper._sparse_lab_single_thread = True
+    return wrapper
+
+
+def _patch_single_thread_ops() -> None:
+    from spconv.pytorch import ops
+
+    for name in SINGLE_THREAD_OPS:
+        fn = getattr(ops, name, None)
+        if fn is not None and not getattr(fn, "_sparse_lab_single_thread", False):
+            setattr(ops, name, _single_threaded(fn))
+
+
 def _no_activation():
     import cumm.tensorview as tv
 
@@ -92,6 +138,7 @@ def apply() -> None:
     if not torch.cuda.is_available():
         _patch_streams()
     _patch_cpu_bias()
+    _patch_single_thread_ops()
     _applied = True
 
 

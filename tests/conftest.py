@@ -6,12 +6,28 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from sparse_lab.cli import CONFIG_DIR
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+
+
+@pytest.fixture(autouse=True)
+def isolated_global_state():
+    """Undo what a run changes process-wide, so no test depends on the ones before it: Lightning's
+    ``deterministic=True`` switches torch to deterministic algorithms and ``seed_everything`` seeds the
+    global RNG and writes environment variables."""
+    environ, rng = dict(os.environ), torch.get_rng_state()
+    deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    yield
+    os.environ.clear()
+    os.environ.update(environ)
+    torch.set_rng_state(rng)
+    torch.use_deterministic_algorithms(deterministic)
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -101,3 +101,28 @@ def test_apply_is_idempotent_and_patches_streams_only_without_cuda():
     for name in ("spconv.pytorch.cppcore", "spconv.pytorch.ops", "spconv.pytorch.hash"):
         patched = importlib.import_module(name).get_current_stream is spconv_compat.cpu_stream
         assert patched == (not torch.cuda.is_available())
+
+
+def test_cpu_kernels_give_the_same_result_on_every_call_with_two_threads():
+    """spconv's CPU kernels race with more than one OpenMP thread; the compat guard runs them on one."""
+    g = torch.Generator().manual_seed(0)
+    sites = torch.unique(torch.randint(0, 24, (3000, 3), generator=g), dim=0)
+    coords = torch.cat([torch.zeros(len(sites), 1, dtype=torch.long), sites], 1).int()
+    feats = torch.randn(len(coords), 16, generator=g)
+    subm = sp.SubMConv3d(16, 16, 3, padding=1, bias=False)
+    down = sp.SparseConv3d(16, 16, 3, stride=2, padding=1, bias=False, indice_key="d")
+    up = sp.SparseInverseConv3d(16, 16, 3, bias=False, indice_key="d")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        results = []
+        for _ in range(4):
+            x = sp.SparseConvTensor(feats.clone().requires_grad_(), coords, [24, 24, 24], 1)
+            out = up(down(subm(x))).features
+            out.square().sum().backward()
+            results.append((out.detach(), x.features.grad, subm.weight.grad.clone()))
+            subm.zero_grad()
+    finally:
+        torch.set_num_threads(threads)
+    for out, grad_in, grad_w in results[1:]:
+        assert torch.equal(out, results[0][0]) and torch.equal(grad_in, results[0][1]) and torch.equal(grad_w, results[0][2])

@@ -40,6 +40,8 @@ from sparse_lab.surgery import Consumer, ConvBN, bn_chain_group
 import spconv.pytorch as sp  # noqa: E402
 
 PRESETS = {
+    # Smoke tests: the small geometry at a quarter of its width.
+    "tiny": dict(embed_dim=8, channels=[8, 8, 16, 16], depths=[1, 1, 1, 1]),
     # The paper's smallest model (E-3DSNN-T): 1.87M parameters (40 classes, 4 input features).
     "paper_t": dict(embed_dim=16, channels=[16, 32, 64, 128], depths=[1, 1, 1, 1]),
     # Sized for 2 CPU cores on shapes3d's 16^3 grid: 0.68M parameters (12 classes).

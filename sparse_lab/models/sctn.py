@@ -45,6 +45,9 @@ from sparse_lab.surgery import Consumer, ConvBN, bn_chain_group
 import spconv.pytorch as sp  # noqa: E402
 
 PRESETS = {
+    # Smoke tests: the small preset at half width, one Sinkhorn iteration, fewer neighbours.
+    "tiny": dict(channels=(8, 8, 8), voxel_size=0.3, interp_k=3, num_heads=1, graph_k=4, refine_width=8,
+                 nb_iter=1, consistency_k=4, max_distance=1.5, init_flow_weight=0.5),
     # 2 CPU cores, flow3d (1024 points per frame, scenes about 6 x 6 x 2 m).
     # Voxels of 0.3 m hold several points of a 512-point frame, so both frames see the same occupancy
     # (at 0.1 m most voxels hold one point and matching did not learn in our trials). max_distance 1.5 m:

@@ -34,6 +34,8 @@ from sparse_lab.protocols import ChannelGroup
 from sparse_lab.surgery import ensure_gate, head_columns, keep_gated_inputs, keep_outputs
 
 PRESETS = {
+    # Smoke tests: 1 image block, the STGM, 1 semantic block; 2x2 pooled + 1 global token.
+    "tiny": dict(patch_size=8, embed_dim=32, depth=4, num_heads=2, mlp_ratio=2.0, stgm_at=1, pool_size=2, num_global=1),
     # 32x32 inputs on a CPU, like vit's small32: 16 image tokens (4x4) -> 2x2 pooled + 2 global = 6
     # semantic tokens; 1 image block, the 2 STGM layers, 2 blocks on semantic tokens.
     "small32": dict(patch_size=8, embed_dim=128, depth=5, num_heads=4, mlp_ratio=2.0, stgm_at=1, pool_size=2, num_global=2),

@@ -19,6 +19,8 @@ from sparse_lab.surgery import ensure_gate, head_columns, keep_gated_inputs, kee
 
 # Named geometries; explicit keyword arguments override a preset's values.
 PRESETS = {
+    # Smoke tests (the model x method matrix): a few thousand parameters, seconds per run.
+    "tiny": dict(patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0),
     # Sized for 2 CPU cores and 32x32 inputs (digits/CIFAR): ~0.55M parameters, 16 tokens.
     "small32": dict(patch_size=8, embed_dim=128, depth=4, num_heads=4, mlp_ratio=2.0),
     # A wider 32x32 geometry (patch 4: 64 tokens): slower on CPU, more accurate with long training.
