@@ -27,6 +27,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check sparse_lab tests scripts
+	$(BIN)/ruff format --check sparse_lab tests scripts
 
 bench: $(STAMP)
 	for script in scripts/bench_*.py; do $(BIN)/python $$script || exit 1; done

@@ -2,9 +2,9 @@
 
 For the linear layers of a ViT-B/16 block (qkv 768→2304, MLP 768→3072 and 3072→768), take a random
 weight, apply sparse_lab's 2:4 mask (groups of 4 along the input dimension, as SR-STE trains them),
-convert it to each of torch's semi-structured formats (CUTLASS; cuSPARSELt where built) and check that the sparse kernel gives the
-masked dense layer's output; then time both (fp16, 64 images x 197 tokens). Prints one line per layer
-and the ratio dense / 2:4; `docs/benchmarks.md` holds a measured table.
+convert it to each of torch's semi-structured formats (CUTLASS; cuSPARSELt where built) and check that the
+sparse kernel gives the masked dense layer's output; then time both (fp16, 64 images x 197 tokens). Prints one
+line per layer and the ratio dense / 2:4; `docs/benchmarks.md` holds a measured table.
 
     python scripts/bench_semi_structured.py
 """
@@ -47,7 +47,9 @@ def main() -> int:
         backends["cusparselt"] = SparseSemiStructuredTensorCUSPARSELT
     torch.manual_seed(0)
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, fp16, {TOKENS} tokens")
-    print(f"{'layer':<8} {'shape':>11} {'backend':>10} {'dense ms':>9} {'2:4 ms':>8} {'dense/2:4':>10} {'rel. diff':>10}")
+    print(
+        f"{'layer':<8} {'shape':>11} {'backend':>10} {'dense ms':>9} {'2:4 ms':>8} {'dense/2:4':>10} {'rel. diff':>10}"
+    )
     for name, (fan_in, fan_out) in LAYERS.items():
         weight = torch.randn(fan_out, fan_in, device="cuda")
         mask = nm_mask(weight, n=2, m=4)
@@ -55,19 +57,25 @@ def main() -> int:
         dense = (weight * mask).half()
         x = torch.randn(TOKENS, fan_in, device="cuda", dtype=torch.half)
         reference = F.linear(x, dense)
-        dense_ms = time_ms(lambda: F.linear(x, dense))
+        dense_ms = time_ms(lambda x=x, dense=dense: F.linear(x, dense))
         for backend, cls in backends.items():
             try:
                 sparse = cls.from_dense(dense)
                 diff = (F.linear(x, sparse) - reference).abs().max().item() / reference.abs().max().item()
             except RuntimeError as exc:  # e.g. torch's CUTLASS 2:4 kernels are built for sm8x only
-                print(f"{name:<8} {fan_in:>5}x{fan_out:<5} {backend:>10} not supported here: {str(exc).splitlines()[0]}")
+                print(
+                    f"{name:<8} {fan_in:>5}x{fan_out:<5} {backend:>10} not supported here: {str(exc).splitlines()[0]}"
+                )
                 continue
-            sparse_ms = time_ms(lambda: F.linear(x, sparse))
-            print(f"{name:<8} {fan_in:>5}x{fan_out:<5} {backend:>10} {dense_ms:>9.3f} {sparse_ms:>8.3f} "
-                  f"{dense_ms / sparse_ms:>9.2f}x {diff:>10.1e}")
+            sparse_ms = time_ms(lambda x=x, sparse=sparse: F.linear(x, sparse))
+            print(
+                f"{name:<8} {fan_in:>5}x{fan_out:<5} {backend:>10} {dense_ms:>9.3f} {sparse_ms:>8.3f} "
+                f"{dense_ms / sparse_ms:>9.2f}x {diff:>10.1e}"
+            )
             if diff > 1e-2:
-                print(f"error: {name}: the 2:4 kernel disagrees with the masked dense layer ({diff:.1e})", file=sys.stderr)
+                print(
+                    f"error: {name}: the 2:4 kernel disagrees with the masked dense layer ({diff:.1e})", file=sys.stderr
+                )
                 return 1
     return 0
 

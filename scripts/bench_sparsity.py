@@ -110,8 +110,11 @@ def bench_model(name: str, rounds: int, steps: int, seed: int = 0) -> dict:
         update_times.append(time.perf_counter() - start)
     for nm in nm_methods.values():
         nm.remove()
-    return {"medians": medians, "rigl_update": statistics.median(update_times),
-            "params": sum(p.numel() for p in base.parameters())}
+    return {
+        "medians": medians,
+        "rigl_update": statistics.median(update_times),
+        "params": sum(p.numel() for p in base.parameters()),
+    }
 
 
 def table(results: dict) -> str:
@@ -153,8 +156,10 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md")
     args = parser.parse_args()
     results = {name: bench_model(name, args.rounds, args.steps) for name in args.models}
-    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-               f"{torch.get_num_threads()} threads, fp32, batch {BATCH}, {IMAGE}x{IMAGE}, SGD momentum")
+    machine = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, fp32, batch {BATCH}, {IMAGE}x{IMAGE}, SGD momentum"
+    )
     text = (
         "Measured by `scripts/bench_sparsity.py` (median training step of each variant, variants interleaved "
         f"in {args.rounds} rounds of {args.steps} steps, one process). Machine: {machine}.\n"

@@ -30,7 +30,9 @@ class DenseUnit(nn.Module):
     def __init__(self, cin, cout, kind, levels, spike_in=True):
         super().__init__()
         self.spike = IntegerLIF(levels) if spike_in else None
-        self.conv = nn.Conv3d(cin, cout, 3, padding=1, bias=False) if kind == "subm" else nn.Conv3d(cin, cout, 2, 2, bias=False)
+        self.conv = (
+            nn.Conv3d(cin, cout, 3, padding=1, bias=False) if kind == "subm" else nn.Conv3d(cin, cout, 2, 2, bias=False)
+        )
         self.bn = nn.BatchNorm3d(cout, eps=1e-3)
 
     def forward(self, x):
@@ -51,8 +53,11 @@ class DenseE3DSNN(nn.Module):
     def __init__(self, num_classes, in_chans, embed_dim, channels, depths, levels=4):
         super().__init__()
         e = embed_dim
-        self.stem = nn.Sequential(DenseUnit(in_chans, e, "subm", levels, spike_in=False),
-                                  DenseUnit(e, e, "subm", levels), DenseUnit(e, e, "subm", levels))
+        self.stem = nn.Sequential(
+            DenseUnit(in_chans, e, "subm", levels, spike_in=False),
+            DenseUnit(e, e, "subm", levels),
+            DenseUnit(e, e, "subm", levels),
+        )
         stages, cin = [], e
         for c, d in zip(channels, depths):
             stages.append(nn.Sequential(DenseUnit(cin, c, "down", levels), *[DenseBlock(c, levels) for _ in range(d)]))
@@ -115,17 +120,23 @@ def main():
     one = voxelize(points[:1], args.voxel_size)
     macs_sparse = sum(r.dense for r in count_macs(sparse, one))
     macs_dense = sum(r.dense for r in count_macs(dense, densify(one)))
-    occupancy = len(sparse_in.coords) / (args.batch * g ** 3)
+    occupancy = len(sparse_in.coords) / (args.batch * g**3)
 
     sparse_ms = step_ms(sparse, sparse_in, labels, args.repeats)
     dense_ms = step_ms(dense, dense_in, labels, args.repeats)
-    print(f"threads={torch.get_num_threads()} OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} "
-          f"load={os.getloadavg()[0]:.1f}")
+    print(
+        f"threads={torch.get_num_threads()} OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} "
+        f"load={os.getloadavg()[0]:.1f}"
+    )
     print(f"preset={args.preset} params={n_sparse:,} grid={g}^3 batch={args.batch} occupancy={occupancy:.2%}")
-    print(f"MACs per sample (forward): sparse {macs_sparse / 1e6:.1f}M, dense {macs_dense / 1e6:.1f}M "
-          f"(dense/sparse {macs_dense / macs_sparse:.1f}x)")
-    print(f"forward+backward per batch: sparse {sparse_ms:.0f} ms, dense Conv3d {dense_ms:.0f} ms, "
-          f"dense/sparse = {dense_ms / sparse_ms:.2f}x")
+    print(
+        f"MACs per sample (forward): sparse {macs_sparse / 1e6:.1f}M, dense {macs_dense / 1e6:.1f}M "
+        f"(dense/sparse {macs_dense / macs_sparse:.1f}x)"
+    )
+    print(
+        f"forward+backward per batch: sparse {sparse_ms:.0f} ms, dense Conv3d {dense_ms:.0f} ms, "
+        f"dense/sparse = {dense_ms / sparse_ms:.2f}x"
+    )
 
 
 if __name__ == "__main__":

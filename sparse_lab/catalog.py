@@ -33,7 +33,7 @@ def search_path_dirs(overrides: list[str]) -> list[Path]:
         for item in value.strip("[]").split(","):
             item = item.strip().strip("'\"")
             if item.startswith("file://"):
-                dirs.append(Path(item[len("file://"):]))
+                dirs.append(Path(item[len("file://") :]))
     return dirs
 
 
@@ -71,7 +71,9 @@ def format_catalog(config_dir: Path, extra_dirs: list[Path] = ()) -> str:
             path = next(p for root in roots if (p := Path(root) / group / f"{option}.yaml").is_file())
             out.append(f"  {mark} {option:<{width}}  {description(path)}")
         out.append("")
-    out.append("* = default. Choose with `sparse-lab train <group>=<option>`; see each file under configs/ for its keys.\n")
+    out.append(
+        "* = default. Choose with `sparse-lab train <group>=<option>`; see each file under configs/ for its keys.\n"
+    )
     return "\n".join(out)
 
 

@@ -81,7 +81,7 @@ def train(overrides: list[str]) -> int:
             run(cfg, Path(hydra_cfg.runtime.output_dir))
         except UserError as exc:
             if hydra_cfg.mode != RunMode.MULTIRUN:
-                raise SystemExit(fail(exc))
+                raise SystemExit(fail(exc)) from None
             # A sweep goes on with its other jobs; this one's results.json says why it failed.
             failed_jobs.append(hydra_cfg.job.num)
             fail(exc, prefix=f"job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}): ")

@@ -11,14 +11,14 @@ import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
-from pytorch_lightning.utilities import move_data_to_device
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import move_data_to_device
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from sparse_lab.data import DATASETS
 from sparse_lab.errors import UserError
-from sparse_lab.hardware.targets import TARGETS
+from sparse_lab.hardware import TARGETS
 from sparse_lab.loggers import build_loggers, finish, log_final
 from sparse_lab.measure import ActivationSparsity, SpikeStats
 from sparse_lab.model_summary import ModelSummaryWithoutFlops
@@ -119,8 +119,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         metrics = {**test, **method.summary(), **activations.summary(), **hw_metrics}
         torch.save(model.state_dict(), run_dir / "final_model.pt")
         log_final(loggers, metrics, step=trainer.global_step)
-        results.update(metrics=metrics, sparsity=method.details(), layers=method.layer_table(), macs_by_layer=macs_table,
-                       activations_by_layer=activations.table())
+        results.update(
+            metrics=metrics,
+            sparsity=method.details(),
+            layers=method.layer_table(),
+            macs_by_layer=macs_table,
+            activations_by_layer=activations.table(),
+        )
         results.finish("completed")
         print_summary(cfg, results.data)
         finish(loggers)

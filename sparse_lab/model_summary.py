@@ -40,8 +40,12 @@ class ModelSummaryWithoutFlops(RichModelSummary):
         table = Table(header_style=summarize_kwargs.get("header_style", "bold magenta"))
         for name, _ in columns:
             numeric = name.startswith("Params") or name.endswith("sizes")
-            table.add_column(name, justify="right" if numeric else "left", style="dim" if name == " " else None,
-                             no_wrap=name == "Name")
+            table.add_column(
+                name,
+                justify="right" if numeric else "left",
+                style="dim" if name == " " else None,
+                no_wrap=name == "Name",
+            )
         for row in zip(*(values for _, values in columns)):
             table.add_row(*row)
 

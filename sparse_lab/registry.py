@@ -13,7 +13,10 @@ written outside sparse-lab, found on ``PYTHONPATH``, needs no registration (:met
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable, Generic, TypeVar
+import importlib
+import pkgutil
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 from sparse_lab.errors import UserError
 
@@ -72,6 +75,13 @@ class Registry(Generic[T]):
             raise UserError(f"{self.kind} {options['_target_']}: {exc}") from None
 
 
+def import_submodules(package: str) -> None:
+    """Import every module of ``package``: each registers what it defines, so a new module is all it takes."""
+    parent = importlib.import_module(package)
+    for module in pkgutil.iter_modules(parent.__path__):
+        importlib.import_module(f"{package}.{module.name}")
+
+
 def import_target(path: str, kind: str) -> Callable:
     """The object at ``package.module.Name`` (Hydra's ``_target_`` convention)."""
     from hydra.utils import get_object
@@ -80,7 +90,9 @@ def import_target(path: str, kind: str) -> Callable:
         return get_object(path)
     except Exception as exc:  # ImportError, AttributeError, or Hydra's wrapper of them
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{kind} _target_ {path!r} cannot be imported ({reason}); is its folder on PYTHONPATH?") from None
+        raise UserError(
+            f"{kind} _target_ {path!r} cannot be imported ({reason}); is its folder on PYTHONPATH?"
+        ) from None
 
 
 def component_name(options: dict) -> str:

@@ -12,7 +12,17 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-PACKAGES = ("sparse-lab", "torch", "torchvision", "pytorch-lightning", "hydra-core", "omegaconf", "torchmetrics", "wandb", "spconv")
+PACKAGES = (
+    "sparse-lab",
+    "torch",
+    "torchvision",
+    "pytorch-lightning",
+    "hydra-core",
+    "omegaconf",
+    "torchmetrics",
+    "wandb",
+    "spconv",
+)
 
 
 def package_versions() -> dict[str, str | None]:

@@ -32,10 +32,9 @@ from __future__ import annotations
 import functools
 import importlib
 
-import torch
-
 import spconv  # noqa: F401  (re-exported; `from sparse_lab.spconv_compat import spconv`)
 import spconv.pytorch  # noqa: F401
+import torch
 
 PATCHED_MODULES = ("spconv.pytorch.cppcore", "spconv.pytorch.ops", "spconv.pytorch.hash", "spconv.pytorch.utils")
 _applied = False
@@ -66,6 +65,7 @@ def _patch_cpu_bias() -> None:
     original = SparseConvolution._conv_forward
     if getattr(original, "_sparse_lab_cpu_bias", False):
         return
+
     @functools.wraps(original)
     def _conv_forward(self, training, input, weight, bias, *args, **kwargs):
         act_type = kwargs.get("act_type", getattr(self, "act_type", None))
@@ -86,9 +86,18 @@ def _patch_cpu_bias() -> None:
 
 
 SINGLE_THREAD_OPS = (
-    "get_indice_pairs", "get_indice_pairs_implicit_gemm", "indice_conv", "indice_conv_backward", "implicit_gemm",
-    "implicit_gemm_backward", "indice_maxpool", "indice_maxpool_backward", "indice_maxpool_implicit_gemm",
-    "indice_maxpool_implicit_gemm_backward", "indice_avgpool_implicit_gemm", "indice_avgpool_implicit_gemm_backward",
+    "get_indice_pairs",
+    "get_indice_pairs_implicit_gemm",
+    "indice_conv",
+    "indice_conv_backward",
+    "implicit_gemm",
+    "implicit_gemm_backward",
+    "indice_maxpool",
+    "indice_maxpool_backward",
+    "indice_maxpool_implicit_gemm",
+    "indice_maxpool_implicit_gemm_backward",
+    "indice_avgpool_implicit_gemm",
+    "indice_avgpool_implicit_gemm_backward",
 )
 
 

@@ -11,7 +11,11 @@ from sparse_lab.registry import component_name
 ROWS = [
     ("test accuracy", "test/acc", "{:.2%}"),
     ("test EPE3D, m (zero-flow baseline)", ("test/epe3d", "test/epe3d_zero_flow"), "{:.4f} ({:.4f})"),
-    ("test Acc3DS / Acc3DR / Outliers", ("test/acc3d_strict", "test/acc3d_relax", "test/outliers"), "{:.1%} / {:.1%} / {:.1%}"),
+    (
+        "test Acc3DS / Acc3DR / Outliers",
+        ("test/acc3d_strict", "test/acc3d_relax", "test/outliers"),
+        "{:.1%} / {:.1%} / {:.1%}",
+    ),
     ("test loss", "test/loss", "{:.4f}"),
     ("sparsity (global / target)", ("sparsity/global", "sparsity/target"), "{:.3f} / {:.3f}"),
     ("MACs dense", "macs/dense", "{:,}"),

@@ -92,8 +92,13 @@ def keep_inputs(layer: nn.Module, idx: torch.Tensor, offset: int = 0, width: int
     total = layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
     width = total - offset if width is None else width
     device = layer.weight.device
-    columns = torch.cat([torch.arange(offset, device=device), idx.to(device) + offset,
-                         torch.arange(offset + width, total, device=device)])
+    columns = torch.cat(
+        [
+            torch.arange(offset, device=device),
+            idx.to(device) + offset,
+            torch.arange(offset + width, total, device=device),
+        ]
+    )
     layer.weight = param(layer.weight.index_select(input_channel_dim(layer) % layer.weight.ndim, columns), layer.weight)
     if isinstance(layer, nn.Linear):
         layer.in_features = len(columns)
@@ -155,8 +160,9 @@ def channels_first_weight(layer: nn.Module) -> torch.Tensor:
 
 
 @torch.no_grad()
-def fold_constant_inputs(consumer: nn.Module, channels: torch.Tensor, values: torch.Tensor,
-                         bn: _BatchNorm | None = None) -> None:
+def fold_constant_inputs(
+    consumer: nn.Module, channels: torch.Tensor, values: torch.Tensor, bn: _BatchNorm | None = None
+) -> None:
     """Input ``channels`` of ``consumer`` carry the constants ``values``: add what they contribute to its
     bias, or subtract it from the running mean of ``bn`` (the BatchNorm after a bias-free consumer), so the
     channels can be removed. Only for consumers that :func:`reads_full_windows`."""

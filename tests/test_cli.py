@@ -22,8 +22,15 @@ def test_help_and_list_do_not_import_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "sparse-lab <command>" in result.stdout and "train [overrides]" in result.stdout
-    for group, option in [("model", "vit"), ("model", "mobilenet_v2"), ("sparsity", "random"), ("logger", "wandb"),
-                          ("data", "cifar10"), ("trainer", "fast"), ("hardware", "cpu")]:
+    for group, option in [
+        ("model", "vit"),
+        ("model", "mobilenet_v2"),
+        ("sparsity", "random"),
+        ("logger", "wandb"),
+        ("data", "cifar10"),
+        ("trainer", "fast"),
+        ("hardware", "cpu"),
+    ]:
         assert f"{group}:" in result.stdout and f" {option} " in result.stdout
 
 
@@ -45,7 +52,8 @@ def test_every_config_option_has_a_description():
         (["train", "nosuchkey=1"], "error: Could not override 'nosuchkey': no such config key"),
         (["frobnicate"], "error: unknown command 'frobnicate'"),
         pytest.param(
-            ["train", "hardware=cuda"], "error: hardware=cuda needs a CUDA GPU, and torch sees none",
+            ["train", "hardware=cuda"],
+            "error: hardware=cuda needs a CUDA GPU, and torch sees none",
             marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU"),
         ),
     ],
@@ -72,8 +80,15 @@ def test_train_end_to_end_through_the_cli(tmp_path):
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "completed"
     metrics = results["metrics"]
-    for key in ("test/acc", "sparsity/global", "sparsity/target", "macs/dense", "macs/effective",
-                "params/total", "params/nonzero"):
+    for key in (
+        "test/acc",
+        "sparsity/global",
+        "sparsity/target",
+        "macs/dense",
+        "macs/effective",
+        "params/total",
+        "params/nonzero",
+    ):
         assert key in metrics
     assert metrics["sparsity/global"] == pytest.approx(0.8, abs=1e-3)
     assert results["config"]["model"]["name"] == "vit" and results["versions"]["torch"]
@@ -94,8 +109,16 @@ def test_train_end_to_end_through_the_cli(tmp_path):
 
 @pytest.mark.e2e
 def test_multirun_sweep_writes_one_dir_per_job(tmp_path):
-    result = run_cli("train", "-m", "model=vit,mobilenet_v2", "sparsity=dense", "trainer=fast", "logger=none",
-                     "trainer.limit_train_batches=2", cwd=tmp_path)
+    result = run_cli(
+        "train",
+        "-m",
+        "model=vit,mobilenet_v2",
+        "sparsity=dense",
+        "trainer=fast",
+        "logger=none",
+        "trainer.limit_train_batches=2",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p.parent.name for p in tmp_path.glob("outputs/multirun/*/*/*/results.json"))
     assert jobs == ["0_digits_vit_dense", "1_digits_mobilenet_v2_dense"]

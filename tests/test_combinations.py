@@ -52,8 +52,14 @@ def smoke_overrides(model: str, method: str, make_cfg) -> list[str]:
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("model", MODELS)
 def test_every_model_trains_with_every_method(model, method, make_cfg, tmp_path):
-    cfg = make_cfg(f"model={model}", f"sparsity={method}", "logger=csv",
-                   "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", *smoke_overrides(model, method, make_cfg))
+    cfg = make_cfg(
+        f"model={model}",
+        f"sparsity={method}",
+        "logger=csv",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        *smoke_overrides(model, method, make_cfg),
+    )
     if (model, method) in INCOMPATIBLE:
         with pytest.raises(IncompatibleError, match="offers no prunable channel groups"):
             run(cfg, tmp_path)

@@ -38,8 +38,10 @@ def test_package_imports_stay_inside_its_boundaries(package):
     offending = []
     for path in sorted((PACKAGE / package).rglob("*.py")):
         for module in imported_modules(path):
-            if any(module == f"sparse_lab.{other}" or module.startswith(f"sparse_lab.{other}.")
-                   for other in FORBIDDEN[package]):
+            if any(
+                module == f"sparse_lab.{other}" or module.startswith(f"sparse_lab.{other}.")
+                for other in FORBIDDEN[package]
+            ):
                 offending.append(f"{path.relative_to(PACKAGE)} imports {module}")
     assert not offending, "\n".join(offending)
 

@@ -24,7 +24,7 @@ def readme_example() -> tuple[dict[str, str], str]:
         first = block.splitlines()[0]
         if first.startswith("# my_lab/"):
             files[first[2:].strip()] = block
-    after = text[text.index(COMMANDS_MARKER):]
+    after = text[text.index(COMMANDS_MARKER) :]
     commands = re.search(r"```bash\n(.*?)```", after, re.S).group(1)
     return files, commands
 
@@ -44,8 +44,9 @@ def test_readme_plugin_example_runs_as_written(tmp_path):
         (tmp_path / path).write_text(text)
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "WANDB_MODE": "offline", "COLUMNS": "120"}
-    done = subprocess.run(["bash", "-e", "-c", commands], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        ["bash", "-e", "-c", commands], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "tiny_cnn" in done.stdout and "magnitude_init" in done.stdout and "my_npu" in done.stdout  # `list`
 

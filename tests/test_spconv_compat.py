@@ -4,12 +4,12 @@ sparse convolutions match a dense Conv3d evaluated on the same active sites."""
 import importlib
 
 import pytest
+import spconv.pytorch as sp
 import torch
 import torch.nn.functional as F
 
 from sparse_lab import spconv_compat, spconv_layout
 from sparse_lab.spconv_compat import spconv  # noqa: F401
-import spconv.pytorch as sp
 
 SHAPE = (5, 5, 5)
 
@@ -74,8 +74,9 @@ def test_forward_and_backward_match_dense_conv3d_on_active_sites(kind):
     torch.testing.assert_close(conv.weight.grad.permute(0, 4, 1, 2, 3), w.grad, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(conv.bias.grad, b.grad, atol=1e-5, rtol=1e-5)
     if kind == "strided":  # active outputs: exactly the sites that receive any input
-        touched = F.conv3d((dense_in.detach().abs().sum(1, keepdim=True) > 0).float(),
-                           torch.ones(1, 1, 3, 3, 3), stride=2, padding=1)
+        touched = F.conv3d(
+            (dense_in.detach().abs().sum(1, keepdim=True) > 0).float(), torch.ones(1, 1, 3, 3, 3), stride=2, padding=1
+        )
         assert len(out.indices) == int((touched > 0).sum())
 
 
@@ -125,4 +126,8 @@ def test_cpu_kernels_give_the_same_result_on_every_call_with_two_threads():
     finally:
         torch.set_num_threads(threads)
     for out, grad_in, grad_w in results[1:]:
-        assert torch.equal(out, results[0][0]) and torch.equal(grad_in, results[0][1]) and torch.equal(grad_w, results[0][2])
+        assert (
+            torch.equal(out, results[0][0])
+            and torch.equal(grad_in, results[0][1])
+            and torch.equal(grad_w, results[0][2])
+        )

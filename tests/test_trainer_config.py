@@ -19,8 +19,15 @@ from tests.conftest import run_cli
 
 SIGNATURE = {name: p.default for name, p in inspect.signature(pl.Trainer.__init__).parameters.items() if name != "self"}
 # The keys configs/trainer/default.yaml sets to something other than Lightning's default (null = Lightning decides).
-PROJECT_CHOICES = {"max_epochs", "devices", "precision", "deterministic", "log_every_n_steps", "enable_checkpointing",
-                   "enable_progress_bar"}
+PROJECT_CHOICES = {
+    "max_epochs",
+    "devices",
+    "precision",
+    "deterministic",
+    "log_every_n_steps",
+    "enable_checkpointing",
+    "enable_progress_bar",
+}
 
 
 def trainer_cfg(*overrides: str, option: str = "default"):
@@ -59,12 +66,33 @@ def test_any_argument_is_overridden_without_plus():
 
 def fingerprint(trainer: pl.Trainer) -> dict:
     """What a run's behaviour depends on: the callbacks and every setting the Trainer resolved from its arguments."""
-    names = ("max_epochs", "min_epochs", "max_steps", "min_steps", "limit_train_batches", "limit_val_batches",
-             "limit_test_batches", "limit_predict_batches", "overfit_batches", "val_check_interval",
-             "check_val_every_n_epoch", "num_sanity_val_steps", "log_every_n_steps", "accumulate_grad_batches",
-             "gradient_clip_val", "gradient_clip_algorithm", "fast_dev_run", "num_nodes", "num_devices", "precision",
-             "barebones", "reload_dataloaders_every_n_epochs", "_detect_anomaly", "enable_autolog_hparams",
-             "_model_registry")
+    names = (
+        "max_epochs",
+        "min_epochs",
+        "max_steps",
+        "min_steps",
+        "limit_train_batches",
+        "limit_val_batches",
+        "limit_test_batches",
+        "limit_predict_batches",
+        "overfit_batches",
+        "val_check_interval",
+        "check_val_every_n_epoch",
+        "num_sanity_val_steps",
+        "log_every_n_steps",
+        "accumulate_grad_batches",
+        "gradient_clip_val",
+        "gradient_clip_algorithm",
+        "fast_dev_run",
+        "num_nodes",
+        "num_devices",
+        "precision",
+        "barebones",
+        "reload_dataloaders_every_n_epochs",
+        "_detect_anomaly",
+        "enable_autolog_hparams",
+        "_model_registry",
+    )
     return {
         **{name: getattr(trainer, name) for name in names},
         "callbacks": [type(cb).__name__ for cb in trainer.callbacks],
@@ -89,9 +117,14 @@ def test_lightnings_default_values_build_the_same_trainer_as_leaving_them_out(tm
     assert listed["checkpoint_dir"] == str(tmp_path / "checkpoints")
 
 
-@pytest.mark.parametrize("flag,callback", [("enable_checkpointing", "ModelCheckpoint"),
-                                           ("enable_progress_bar", "RichProgressBar"),
-                                           ("enable_model_summary", "ModelSummaryWithoutFlops")])
+@pytest.mark.parametrize(
+    "flag,callback",
+    [
+        ("enable_checkpointing", "ModelCheckpoint"),
+        ("enable_progress_bar", "RichProgressBar"),
+        ("enable_model_summary", "ModelSummaryWithoutFlops"),
+    ],
+)
 def test_a_null_flag_is_lightnings_default_on_and_false_is_off(flag, callback, tmp_path):
     on = fingerprint(build(tmp_path, **{flag: True}))
     assert fingerprint(build(tmp_path, **{flag: None})) == on and callback in on["callbacks"]
@@ -100,21 +133,30 @@ def test_a_null_flag_is_lightnings_default_on_and_false_is_off(flag, callback, t
 
 
 def test_barebones_turns_the_runs_own_callbacks_off_too(tmp_path):
-    trainer = build(tmp_path, barebones=True, enable_checkpointing=False, enable_progress_bar=False,
-                    log_every_n_steps=0, num_sanity_val_steps=0)
+    trainer = build(
+        tmp_path,
+        barebones=True,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        log_every_n_steps=0,
+        num_sanity_val_steps=0,
+    )
     assert trainer.barebones and trainer.checkpoint_callback is None and trainer.progress_bar_callback is None
     assert not any(isinstance(cb, pl.callbacks.ModelSummary) for cb in trainer.callbacks)
     with pytest.raises(UserError, match="barebones=True, enable_checkpointing=True"):
         build(tmp_path, barebones=True)  # Lightning's own message, as one line
 
 
-@pytest.mark.parametrize("values,message", [
-    ({"accelerator": "gpu"}, "trainer.accelerator cannot be set: the hardware target chooses it"),
-    ({"logger": False}, "trainer.logger cannot be set"),
-    ({"gradient_clip_algorithm": "sideways"}, "trainer: `gradient_clip_algorithm` sideways is invalid"),
-    ({"strategy": "nosuch"}, "trainer: You selected an invalid strategy name"),
-    ({"nosuch": 1}, "trainer: .*unexpected keyword argument 'nosuch'"),
-])
+@pytest.mark.parametrize(
+    "values,message",
+    [
+        ({"accelerator": "gpu"}, "trainer.accelerator cannot be set: the hardware target chooses it"),
+        ({"logger": False}, "trainer.logger cannot be set"),
+        ({"gradient_clip_algorithm": "sideways"}, "trainer: `gradient_clip_algorithm` sideways is invalid"),
+        ({"strategy": "nosuch"}, "trainer: You selected an invalid strategy name"),
+        ({"nosuch": 1}, "trainer: .*unexpected keyword argument 'nosuch'"),
+    ],
+)
 def test_bad_trainer_arguments_are_user_errors(values, message, tmp_path):
     with pytest.raises(UserError, match=message):
         build(tmp_path, **values)
@@ -146,8 +188,16 @@ def test_the_model_summary_leaves_out_flops(summary, tmp_path):
 
 @pytest.mark.e2e
 def test_the_default_trainer_takes_any_argument_on_the_command_line(tmp_path):
-    result = run_cli("train", "trainer.limit_train_batches=2", "trainer.max_epochs=1", "trainer.limit_val_batches=1",
-                     "trainer.limit_test_batches=1", "trainer.num_sanity_val_steps=0", "logger=none", cwd=tmp_path)
+    result = run_cli(
+        "train",
+        "trainer.limit_train_batches=2",
+        "trainer.max_epochs=1",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        "trainer.num_sanity_val_steps=0",
+        "logger=none",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (results_path,) = tmp_path.glob("outputs/runs/*/*/results.json")
     results = json.loads(results_path.read_text())

@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 
-from sparse_lab.registry import Registry
+from sparse_lab.registry import Registry, import_submodules
 
 DATASETS: Registry[pl.LightningDataModule] = Registry("dataset")
-
-from sparse_lab.data import cifar10, digits, imagefolder, moving_digits  # noqa: E402,F401
-from sparse_lab.data import modelnet40, shapes3d  # noqa: E402,F401
-from sparse_lab.data import flow3d, scene_flow  # noqa: E402,F401
+import_submodules(__name__)  # each dataset module registers its datamodules
 
 
 def build_datamodule(name: str, **kwargs) -> pl.LightningDataModule:

@@ -13,8 +13,8 @@ from torchvision.transforms import v2
 
 from sparse_lab.data import DATASETS
 from sparse_lab.data.base import ImageDataModule, holdout_split
-from sparse_lab.protocols import DataInfo
 from sparse_lab.errors import UserError
+from sparse_lab.protocols import DataInfo
 
 FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
@@ -33,7 +33,9 @@ def read_batches(folder: Path, names: list[str]) -> tuple[torch.Tensor, torch.Te
                 batch = pickle.load(f, encoding="bytes")
             data, targets = batch[b"data"], batch[b"labels"]
         except Exception as exc:  # any unpickling failure means a damaged file
-            raise UserError(f"cifar10 file {path} is unreadable ({type(exc).__name__}); re-extract the archive") from None
+            raise UserError(
+                f"cifar10 file {path} is unreadable ({type(exc).__name__}); re-extract the archive"
+            ) from None
         images.append(torch.as_tensor(data, dtype=torch.uint8).reshape(-1, 3, 32, 32))
         labels.append(torch.as_tensor(targets, dtype=torch.long))
     return torch.cat(images), torch.cat(labels)
@@ -63,7 +65,12 @@ class Cifar10DataModule(ImageDataModule):
     ):
         super().__init__(batch_size, num_workers)
         self.folder = Path(data_dir) / FOLDER
-        self.image_size, self.val_fraction, self.split_seed, self.augment = int(image_size), val_fraction, split_seed, augment
+        self.image_size, self.val_fraction, self.split_seed, self.augment = (
+            int(image_size),
+            val_fraction,
+            split_seed,
+            augment,
+        )
         self.info = DataInfo("image", num_classes=10, sizes=dict(image_size=self.image_size, in_chans=3))
 
     def _transform(self, train: bool) -> v2.Compose:

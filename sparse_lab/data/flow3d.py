@@ -97,8 +97,9 @@ def generate_scene(
         p = local @ yaw_matrix(rng.uniform(0, 2 * math.pi)).T + centre
         if rng.uniform() < dynamic_fraction:  # its own rigid motion, about its centre
             turn = yaw_matrix(math.radians(rng.uniform(-max_rotation_deg, max_rotation_deg)))
-            shift = np.array([*rng.uniform(-max_translation, max_translation, 2),
-                              rng.uniform(-0.05, 0.05) * max_translation])
+            shift = np.array(
+                [*rng.uniform(-max_translation, max_translation, 2), rng.uniform(-0.05, 0.05) * max_translation]
+            )
             moved = (p - centre) @ turn.T + centre + shift
         else:
             moved = p
@@ -168,7 +169,7 @@ class Flow3DDataModule(SceneFlowDataModule):
             raise UserError(f"data.sizes must be three positive scene counts (train, val, test), got {list(sizes)}")
         if int(num_points) < 16:
             raise UserError(f"data.num_points must be at least 16, got {num_points}")
-        unknown = set(scene_args) - set(generate_scene.__code__.co_varnames[1:generate_scene.__code__.co_argcount])
+        unknown = set(scene_args) - set(generate_scene.__code__.co_varnames[1 : generate_scene.__code__.co_argcount])
         if unknown:
             raise UserError(f"unknown flow3d option(s): {', '.join(sorted(unknown))}")
         for key in ("num_objects", "object_size"):
@@ -190,9 +191,14 @@ class Flow3DDataModule(SceneFlowDataModule):
     def train_dataloader(self) -> DataLoader:
         if not self.fresh_train_scenes:
             return super().train_dataloader()
-        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=FreshScenes(self.sizes[0], self.seed),
-                          drop_last=self.sizes[0] > self.batch_size, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            sampler=FreshScenes(self.sizes[0], self.seed),
+            drop_last=self.sizes[0] > self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
 
 @DATASETS.register("flow3d")

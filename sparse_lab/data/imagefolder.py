@@ -13,8 +13,8 @@ from torchvision.transforms import v2
 
 from sparse_lab.data import DATASETS
 from sparse_lab.data.base import ImageDataModule
-from sparse_lab.protocols import DataInfo
 from sparse_lab.errors import UserError
+from sparse_lab.protocols import DataInfo
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -32,7 +32,9 @@ class ImageFolderDataModule(ImageDataModule):
         self.root = Path(data_dir) / root
         for split in ("train", "val"):
             if not (self.root / split).is_dir():
-                raise UserError(f"imagefolder not found: missing {self.root / split} (expected <class>/<image> folders)")
+                raise UserError(
+                    f"imagefolder not found: missing {self.root / split} (expected <class>/<image> folders)"
+                )
         classes = sorted(p.name for p in (self.root / "train").iterdir() if p.is_dir())
         if not classes:
             raise UserError(f"imagefolder {self.root / 'train'} has no class folders")
@@ -44,7 +46,9 @@ class ImageFolderDataModule(ImageDataModule):
             steps = [v2.RandomResizedCrop(self.image_size, antialias=True), v2.RandomHorizontalFlip()]
         else:  # the usual 0.875 centre crop
             steps = [v2.Resize(round(self.image_size / 0.875), antialias=True), v2.CenterCrop(self.image_size)]
-        return v2.Compose([v2.ToImage(), *steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        return v2.Compose(
+            [v2.ToImage(), *steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

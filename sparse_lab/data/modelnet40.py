@@ -22,9 +22,9 @@ import torch
 
 from sparse_lab.data import DATASETS
 from sparse_lab.data.base import holdout_split
-from sparse_lab.protocols import DataInfo
 from sparse_lab.data.points import VOXEL_FEATURES, PointCloudDataModule, PointsDataset, normalize_unit_sphere
 from sparse_lab.errors import UserError
+from sparse_lab.protocols import DataInfo
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,9 @@ class ModelNet40DataModule(PointCloudDataModule):
             raise UserError(f"data.num_points must be at least 1, got {num_points}")
         self.root = Path(data_dir).absolute() / FOLDER
         self.num_points, self.val_fraction, self.split_seed = int(num_points), float(val_fraction), int(split_seed)
-        self.info = DataInfo("point_cloud", num_classes=int(num_classes),
-                             sizes=dict(in_chans=VOXEL_FEATURES, grid_size=self.grid_size))
+        self.info = DataInfo(
+            "point_cloud", num_classes=int(num_classes), sizes=dict(in_chans=VOXEL_FEATURES, grid_size=self.grid_size)
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -114,10 +115,13 @@ class ModelNet40DataModule(PointCloudDataModule):
         train_points, train_labels, names = read_split(self.root, "train", self.num_points)
         test_points, test_labels, _ = read_split(self.root, "test", self.num_points)
         if len(names) != self.info.num_classes:
-            raise UserError(f"modelnet40: {len(names)} classes in modelnet40_shape_names.txt but "
-                            f"data.num_classes={self.info.num_classes}")
-        self.train_set, self.val_set = holdout_split(PointsDataset(train_points, train_labels), self.val_fraction,
-                                                     self.split_seed)
+            raise UserError(
+                f"modelnet40: {len(names)} classes in modelnet40_shape_names.txt but "
+                f"data.num_classes={self.info.num_classes}"
+            )
+        self.train_set, self.val_set = holdout_split(
+            PointsDataset(train_points, train_labels), self.val_fraction, self.split_seed
+        )
         self.test_set = PointsDataset(test_points, test_labels)
 
 

@@ -17,8 +17,8 @@ from torch.utils.data import TensorDataset
 
 from sparse_lab.data import DATASETS
 from sparse_lab.data.base import ImageDataModule, seeded_split
-from sparse_lab.protocols import DataInfo
 from sparse_lab.errors import UserError
+from sparse_lab.protocols import DataInfo
 
 
 def bounce(position: torch.Tensor, limit: int) -> torch.Tensor:

@@ -44,7 +44,9 @@ def voxelize(points: torch.Tensor, voxel_size: float) -> VoxelBatch:
     cells = cells.reshape(-1, 3)
     keys = ((batch_index * g + cells[:, 2]) * g + cells[:, 1]) * g + cells[:, 0]
     unique, inverse = torch.unique(keys, return_inverse=True)  # sorted: batch-major
-    counts = torch.zeros(len(unique), device=points.device).index_add_(0, inverse, torch.ones_like(keys, dtype=torch.float32))
+    counts = torch.zeros(len(unique), device=points.device).index_add_(
+        0, inverse, torch.ones_like(keys, dtype=torch.float32)
+    )
     sums = torch.zeros(len(unique), 3, device=points.device).index_add_(0, inverse, points.reshape(-1, 3).float())
     features = torch.cat([sums / counts[:, None], torch.ones(len(unique), 1, device=points.device)], 1)
     x = unique % g
@@ -55,7 +57,9 @@ def voxelize(points: torch.Tensor, voxel_size: float) -> VoxelBatch:
     return VoxelBatch(features, coords, (g, g, g), b)
 
 
-def random_rotation_matrices(n: int, generator: torch.Generator | None = None, up_axis_only: bool = False) -> torch.Tensor:
+def random_rotation_matrices(
+    n: int, generator: torch.Generator | None = None, up_axis_only: bool = False
+) -> torch.Tensor:
     """``n`` uniformly random rotations ``[n, 3, 3]`` (about the z axis only if ``up_axis_only``)."""
     if up_axis_only:
         angle = torch.rand(n, generator=generator) * 2 * math.pi
@@ -71,8 +75,14 @@ def random_rotation_matrices(n: int, generator: torch.Generator | None = None, u
 class VoxelCollate:
     """Stack ``(points, label)`` pairs, optionally augment (train), voxelize."""
 
-    def __init__(self, voxel_size: float, augment: bool = False, up_axis_only: bool = False,
-                 scale_range: tuple[float, float] = (0.85, 1.15), jitter: float = 0.01):
+    def __init__(
+        self,
+        voxel_size: float,
+        augment: bool = False,
+        up_axis_only: bool = False,
+        scale_range: tuple[float, float] = (0.85, 1.15),
+        jitter: float = 0.01,
+    ):
         self.voxel_size, self.augment, self.up_axis_only = float(voxel_size), bool(augment), bool(up_axis_only)
         self.scale_range, self.jitter = tuple(scale_range), float(jitter)
 
@@ -108,8 +118,15 @@ class PointsDataset(Dataset):
 class PointCloudDataModule(ImageDataModule):
     """Loaders that voxelize in the collate; ``example_input`` is the first test cloud, voxelized."""
 
-    def __init__(self, batch_size: int, voxel_size: float, augment: bool, num_workers: int = 0,
-                 up_axis_only: bool = False, epoch_size: int | None = None):
+    def __init__(
+        self,
+        batch_size: int,
+        voxel_size: float,
+        augment: bool,
+        num_workers: int = 0,
+        up_axis_only: bool = False,
+        epoch_size: int | None = None,
+    ):
         super().__init__(batch_size, num_workers)
         if epoch_size is not None and int(epoch_size) < 1:
             raise UserError(f"data.epoch_size must be at least 1 (or null: the whole training split), got {epoch_size}")

@@ -32,8 +32,8 @@ from torch.utils.data import Dataset
 
 from sparse_lab.data import DATASETS
 from sparse_lab.data.base import ImageDataModule, seeded_split
-from sparse_lab.protocols import DataInfo
 from sparse_lab.errors import UserError
+from sparse_lab.protocols import DataInfo
 
 DEPTH_THRESHOLD = 35.0  # metres (HPLFlowNet, DEPTH_THRESHOLD)
 KITTI_GROUND_Y = -1.4  # metres (HPLFlowNet, kitti.py remove_ground)
@@ -92,7 +92,9 @@ class HPLFlowNetScenes(Dataset):
                 raise UserError(f"{self.dataset} file {folder / name} is unreadable ({type(exc).__name__})") from None
         pc1, pc2 = frames
         if pc1.shape != pc2.shape:
-            raise UserError(f"{self.dataset} scene {folder}: pc1.npy and pc2.npy differ in shape ({pc1.shape} vs {pc2.shape})")
+            raise UserError(
+                f"{self.dataset} scene {folder}: pc1.npy and pc2.npy differ in shape ({pc1.shape} vs {pc2.shape})"
+            )
         keep = np.ones(len(pc1), dtype=bool)
         if self.dataset == "flyingthings3d":
             pc1[:, [0, 2]] *= -1  # HPLFlowNet: "multiply -1 only for subset datasets"
@@ -124,8 +126,16 @@ def scene_folders(root: Path, dataset: str, hint: str) -> list[Path]:
 class FlyingThings3DDataModule(SceneFlowDataModule):
     FOLDER = "FlyingThings3D_subset_processed_35m"
 
-    def __init__(self, data_dir: str, batch_size: int = 8, num_points: int = 8192, val_fraction: float = 0.05,
-                 split_seed: int = 0, sample_seed: int = 0, num_workers: int = 2):
+    def __init__(
+        self,
+        data_dir: str,
+        batch_size: int = 8,
+        num_points: int = 8192,
+        val_fraction: float = 0.05,
+        split_seed: int = 0,
+        sample_seed: int = 0,
+        num_workers: int = 2,
+    ):
         super().__init__(batch_size, num_workers)
         self.root = Path(data_dir) / self.FOLDER
         self.num_points, self.val_fraction = int(num_points), val_fraction
@@ -140,17 +150,25 @@ class FlyingThings3DDataModule(SceneFlowDataModule):
         test = scene_folders(self.root / "val", "flyingthings3d", hint)
         train_idx, val_idx = seeded_split(len(train), (1 - self.val_fraction, self.val_fraction), self.split_seed)
         self.train_set = HPLFlowNetScenes([train[i] for i in train_idx], "flyingthings3d", self.num_points, True)
-        self.val_set = HPLFlowNetScenes([train[i] for i in val_idx], "flyingthings3d", self.num_points, False,
-                                        self.sample_seed)
+        self.val_set = HPLFlowNetScenes(
+            [train[i] for i in val_idx], "flyingthings3d", self.num_points, False, self.sample_seed
+        )
         self.test_set = HPLFlowNetScenes(test, "flyingthings3d", self.num_points, False, self.sample_seed)
 
 
 class KittiSceneFlowDataModule(SceneFlowDataModule):
     FOLDER = "KITTI_processed_occ_final"
 
-    def __init__(self, data_dir: str, batch_size: int = 8, num_points: int = 8192,
-                 split: tuple[float, float, float] = (0.6, 0.1, 0.3), split_seed: int = 0, sample_seed: int = 0,
-                 num_workers: int = 2):
+    def __init__(
+        self,
+        data_dir: str,
+        batch_size: int = 8,
+        num_points: int = 8192,
+        split: tuple[float, float, float] = (0.6, 0.1, 0.3),
+        split_seed: int = 0,
+        sample_seed: int = 0,
+        num_workers: int = 2,
+    ):
         super().__init__(batch_size, num_workers)
         if len(split) != 3 or abs(sum(split) - 1.0) > 1e-6 or min(split) < 0 or split[2] <= 0:
             raise UserError(f"data.split must be three fractions summing to 1 with a test part, got {list(split)}")

@@ -24,17 +24,28 @@ import numpy as np
 import torch
 
 from sparse_lab.data import DATASETS
-from sparse_lab.protocols import DataInfo
 from sparse_lab.data.points import VOXEL_FEATURES, PointCloudDataModule, PointsDataset
 from sparse_lab.errors import UserError, check_range
+from sparse_lab.protocols import DataInfo
 
 CLASSES = (
-    "sphere", "cube", "cylinder", "cone", "torus", "pyramid",
-    "tetrahedron", "octahedron", "capsule", "hemisphere", "dumbbell", "cross",
+    "sphere",
+    "cube",
+    "cylinder",
+    "cone",
+    "torus",
+    "pyramid",
+    "tetrahedron",
+    "octahedron",
+    "capsule",
+    "hemisphere",
+    "dumbbell",
+    "cross",
 )
 
 
 # --- surface samplers: n points on a solid of radius about 1, centred at the origin -----------------
+
 
 def _triangles(rng: np.random.Generator, tris: np.ndarray, n: int) -> np.ndarray:
     """Area-weighted uniform samples on triangles ``[T, 3, 3]``."""
@@ -50,8 +61,10 @@ def _triangles(rng: np.random.Generator, tris: np.ndarray, n: int) -> np.ndarray
 def _box_tris(half: np.ndarray, centre=(0.0, 0.0, 0.0)) -> np.ndarray:
     corners = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], float) * half + centre
     faces = [(0, 1, 3, 2), (4, 5, 7, 6), (0, 1, 5, 4), (2, 3, 7, 6), (0, 2, 6, 4), (1, 3, 7, 5)]
-    return np.array([[corners[f[0]], corners[f[1]], corners[f[2]]] for f in faces]
-                    + [[corners[f[0]], corners[f[2]], corners[f[3]]] for f in faces])
+    return np.array(
+        [[corners[f[0]], corners[f[1]], corners[f[2]]] for f in faces]
+        + [[corners[f[0]], corners[f[2]], corners[f[3]]] for f in faces]
+    )
 
 
 def _sphere_dirs(rng, n):
@@ -159,9 +172,20 @@ def cross(rng, n):
     return _triangles(rng, np.concatenate([_box_tris(h) for h in bars]), n)
 
 
-SAMPLERS = dict(sphere=sphere, cube=cube, cylinder=cylinder, cone=cone, torus=torus, pyramid=pyramid,
-                tetrahedron=tetrahedron, octahedron=octahedron, capsule=capsule, hemisphere=hemisphere,
-                dumbbell=dumbbell, cross=cross)
+SAMPLERS = dict(
+    sphere=sphere,
+    cube=cube,
+    cylinder=cylinder,
+    cone=cone,
+    torus=torus,
+    pyramid=pyramid,
+    tetrahedron=tetrahedron,
+    octahedron=octahedron,
+    capsule=capsule,
+    hemisphere=hemisphere,
+    dumbbell=dumbbell,
+    cross=cross,
+)
 
 
 def _rotation(rng) -> np.ndarray:
@@ -172,8 +196,17 @@ def _rotation(rng) -> np.ndarray:
     return q
 
 
-def make_cloud(rng: np.random.Generator, label: int, num_points: int, noise: float, partial_prob: float,
-               max_cut: float, clutter: float, stretch: float, scale_range: tuple[float, float]) -> np.ndarray:
+def make_cloud(
+    rng: np.random.Generator,
+    label: int,
+    num_points: int,
+    noise: float,
+    partial_prob: float,
+    max_cut: float,
+    clutter: float,
+    stretch: float,
+    scale_range: tuple[float, float],
+) -> np.ndarray:
     """One cloud ``[num_points, 3]`` of class ``label``, inside [-1, 1]^3."""
     n_clutter = int(round(clutter * num_points))
     n_shape = num_points - n_clutter
@@ -236,8 +269,12 @@ class Shapes3DDataModule(PointCloudDataModule):
         super().__init__(batch_size, voxel_size, augment, num_workers, epoch_size=epoch_size)
         if not 2 <= int(num_classes) <= len(CLASSES):
             raise UserError(f"data.num_classes must be in [2, {len(CLASSES)}], got {num_classes}")
-        for name, value in (("train_size", train_size), ("val_size", val_size), ("test_size", test_size),
-                            ("num_points", num_points)):
+        for name, value in (
+            ("train_size", train_size),
+            ("val_size", val_size),
+            ("test_size", test_size),
+            ("num_points", num_points),
+        ):
             if int(value) < 1:
                 raise UserError(f"data.{name} must be at least 1, got {value}")
         check_range("data.partial_prob", partial_prob, 0.0, 1.0, high_inclusive=True)
@@ -249,12 +286,19 @@ class Shapes3DDataModule(PointCloudDataModule):
             raise UserError(f"data.scale_range must be [low, high] with 0 < low <= high, got {list(scale_range)}")
         self.num_classes = int(num_classes)
         self.sizes_per_split = dict(train=int(train_size), val=int(val_size), test=int(test_size))
-        self.cloud_args = dict(num_points=int(num_points), noise=float(noise), partial_prob=float(partial_prob),
-                               max_cut=float(max_cut), clutter=float(clutter), stretch=float(stretch),
-                               scale_range=(float(scale_range[0]), float(scale_range[1])))
+        self.cloud_args = dict(
+            num_points=int(num_points),
+            noise=float(noise),
+            partial_prob=float(partial_prob),
+            max_cut=float(max_cut),
+            clutter=float(clutter),
+            stretch=float(stretch),
+            scale_range=(float(scale_range[0]), float(scale_range[1])),
+        )
         self.seed = int(seed)
-        self.info = DataInfo("point_cloud", num_classes=self.num_classes,
-                             sizes=dict(in_chans=VOXEL_FEATURES, grid_size=self.grid_size))
+        self.info = DataInfo(
+            "point_cloud", num_classes=self.num_classes, sizes=dict(in_chans=VOXEL_FEATURES, grid_size=self.grid_size)
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -262,8 +306,12 @@ class Shapes3DDataModule(PointCloudDataModule):
         # Independent seeds per split: changing one split's size never changes another's clouds.
         sets = {}
         for offset, split in enumerate(("train", "val", "test")):
-            points, labels = make_split(self.sizes_per_split[split], seed=self.seed * 1000 + offset,
-                                        num_classes=self.num_classes, **self.cloud_args)
+            points, labels = make_split(
+                self.sizes_per_split[split],
+                seed=self.seed * 1000 + offset,
+                num_classes=self.num_classes,
+                **self.cloud_args,
+            )
             sets[split] = PointsDataset(points, labels)
         self.train_set, self.val_set, self.test_set = sets["train"], sets["val"], sets["test"]
 

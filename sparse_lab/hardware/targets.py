@@ -95,6 +95,3 @@ class CudaTarget(HardwareTarget):
         if not torch.cuda.is_available():
             raise UserError("hardware=cuda needs a CUDA GPU, and torch sees none; use hardware=cpu")
         super().__init__(**prices)
-
-
-from sparse_lab.hardware import neuromorphic  # noqa: E402,F401  (registers the neuromorphic target)

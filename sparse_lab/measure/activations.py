@@ -58,7 +58,7 @@ class ActivationMonitor:
             return "spatial", lambda inputs, output: (int((output.abs() <= thr).sum()), output.numel())
         return None
 
-    def start(self) -> "ActivationMonitor":
+    def start(self) -> ActivationMonitor:
         self.stop()
         self.counts = {}
         for name, module in self.model.named_modules():
@@ -85,7 +85,7 @@ class ActivationMonitor:
             handle.remove()
         self._hooks = []
 
-    def __enter__(self) -> "ActivationMonitor":
+    def __enter__(self) -> ActivationMonitor:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -94,8 +94,14 @@ class ActivationMonitor:
     # -- results ------------------------------------------------------------------------------
     def table(self) -> list[dict]:
         return [
-            dict(name=c.name, kind=c.kind, type=c.module_type, zero_fraction=c.zero_fraction, zeros=c.zeros,
-                 total=c.total)
+            dict(
+                name=c.name,
+                kind=c.kind,
+                type=c.module_type,
+                zero_fraction=c.zero_fraction,
+                zeros=c.zeros,
+                total=c.total,
+            )
             for c in self.counts.values()
             if c.total
         ]

@@ -85,7 +85,7 @@ class SpikeCounter:
         self.samples = 0
         self._hooks = []
 
-    def start(self) -> "SpikeCounter":
+    def start(self) -> SpikeCounter:
         self.stop()
         self.neurons, self.synapses, self.samples = {}, {}, 0
         self._hooks.append(self.model.register_forward_pre_hook(self._count_samples))
@@ -131,7 +131,7 @@ class SpikeCounter:
             handle.remove()
         self._hooks = []
 
-    def __enter__(self) -> "SpikeCounter":
+    def __enter__(self) -> SpikeCounter:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -161,10 +161,14 @@ class SpikeCounter:
 
     def table(self) -> list[dict]:
         n = max(self.samples, 1)
-        rows = [dict(name=c.name, kind="neuron", spike_rate=c.spikes / c.neurons, firing_fraction=c.nonzero / c.neurons)
-                for c in self.neurons.values() if c.neurons]
-        rows += [dict(name=s.name, kind=s.kind, dense=s.dense / n, effective=s.effective / n)
-                 for s in self.synapses.values()]
+        rows = [
+            dict(name=c.name, kind="neuron", spike_rate=c.spikes / c.neurons, firing_fraction=c.nonzero / c.neurons)
+            for c in self.neurons.values()
+            if c.neurons
+        ]
+        rows += [
+            dict(name=s.name, kind=s.kind, dense=s.dense / n, effective=s.effective / n) for s in self.synapses.values()
+        ]
         return rows
 
 

@@ -71,8 +71,10 @@ def pair_mask(module: nn.Module, inp, out) -> torch.Tensor:
         num = fine[None, :, 1:] + pad - offsets[:, None, :] * dil  # [K, N_out, 3]
         valid = (num % st == 0).all(-1)
         coarse = num.div(st, rounding_mode="floor")
-        keys = _keys(torch.cat([fine[None, :, :1].expand(len(offsets), -1, -1).reshape(-1, 1),
-                                coarse.reshape(-1, 3)], 1), list(inp.spatial_shape))
+        keys = _keys(
+            torch.cat([fine[None, :, :1].expand(len(offsets), -1, -1).reshape(-1, 1), coarse.reshape(-1, 3)], 1),
+            list(inp.spatial_shape),
+        )
         order = torch.argsort(_keys(ind, list(inp.spatial_shape)))
         found, pos = _member(keys, _keys(ind, list(inp.spatial_shape))[order])
         hit = valid.reshape(-1) & found

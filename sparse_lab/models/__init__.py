@@ -12,14 +12,10 @@ from torch import nn
 
 from sparse_lab.errors import UserError
 from sparse_lab.protocols import DataInfo
-from sparse_lab.registry import Registry, component_name
+from sparse_lab.registry import Registry, component_name, import_submodules
 
 MODELS: Registry[nn.Module] = Registry("model")
-
-# Importing the family modules registers them.
-from sparse_lab.models import delta, mobilenet, stvit, vit  # noqa: E402,F401
-from sparse_lab.models import e3dsnn  # noqa: E402,F401
-from sparse_lab.models import sctn  # noqa: E402,F401
+import_submodules(__name__)  # each family module registers its models
 
 
 def check_modality(constructor, name: str, modality: str) -> None:

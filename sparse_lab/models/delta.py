@@ -149,7 +149,7 @@ class DeltaCNN(nn.Module):
         accumulation turns into the constant Q(ReLU(β)) (ReLU(β) with Delta layers off). The classifier folds
         it into its bias (exact); a next stage's padded 3x3 conv cannot, so removal there is exact when
         Q(ReLU(β)) is 0 (β < delta_step / 2; β ≤ 0 with Delta layers off)."""
-        stages = [self.features[i:i + 4] for i in range(0, len(self.features), 4)]
+        stages = [self.features[i : i + 4] for i in range(0, len(self.features), 4)]
         names = [f"{prefix}features.{4 * i}" + (".layer" if i else "") for i in range(len(stages))]
         readers = [Consumer(name, stage[0].layer, bn=stage[1]) for name, stage in zip(names[1:], stages[1:])]
         readers.append(Consumer(f"{prefix}classifier.layer", self.classifier.layer))

@@ -26,6 +26,7 @@ block per stage: 1.87M parameters with 40 classes, as E-3DSNN-T); ``small`` (def
 
 from __future__ import annotations
 
+import spconv.pytorch as sp  # noqa: E402
 import torch
 from torch import nn
 
@@ -36,8 +37,6 @@ from sparse_lab.models.presets import resolve_preset
 from sparse_lab.protocols import ChannelGroup
 from sparse_lab.spconv_compat import spconv  # noqa: F401  (CPU backward + eval bias)
 from sparse_lab.surgery import Consumer, ConvBN, bn_chain_group
-
-import spconv.pytorch as sp  # noqa: E402
 
 PRESETS = {
     # Smoke tests: the small geometry at a quarter of its width.
@@ -113,8 +112,12 @@ def unit_chain(name: str, unit: SpikeConvBN, consumer_name: str, consumer: Spike
     Scale: ``unit``'s BN γ. A channel with γ = 0 sends the constant spike count round(clamp(β, 0, D)) into a
     3x3x3 (or 2x2x2 strided) sparse conv, whose response to a constant depends on the active neighbours of
     each site: nothing can be folded, and removal is exact when that count is 0 (β < 0.5)."""
-    return bn_chain_group(name, ConvBN(f"{name}.conv", unit.conv, unit.bn), consumer.spike,
-                          Consumer(f"{consumer_name}.conv", consumer.conv, bn=consumer.bn))
+    return bn_chain_group(
+        name,
+        ConvBN(f"{name}.conv", unit.conv, unit.bn),
+        consumer.spike,
+        Consumer(f"{consumer_name}.conv", consumer.conv, bn=consumer.bn),
+    )
 
 
 class SpikeBlock(nn.Module):
@@ -142,17 +145,29 @@ class E3DSNN(nn.Module):
     input_layer_names = ("stem.0.conv",)  # protocols.DenseLayers: it reads real-valued voxel features
     output_layer_names = ("head",)
 
-    def __init__(self, num_classes: int, in_chans: int, grid_size: int, embed_dim: int, channels: list[int],
-                 depths: list[int], levels: int = 4):
+    def __init__(
+        self,
+        num_classes: int,
+        in_chans: int,
+        grid_size: int,
+        embed_dim: int,
+        channels: list[int],
+        depths: list[int],
+        levels: int = 4,
+    ):
         super().__init__()
         channels, depths = [int(c) for c in channels], [int(d) for d in depths]
         if len(channels) != len(depths) or not channels:
-            raise UserError(f"model.channels and model.depths need the same nonzero length, got {channels} and {depths}")
+            raise UserError(
+                f"model.channels and model.depths need the same nonzero length, got {channels} and {depths}"
+            )
         if min(channels) < 1 or min(depths) < 0 or int(embed_dim) < 1:
             raise UserError("model.embed_dim and model.channels must be positive, model.depths non-negative")
         if int(grid_size) < 2 ** len(channels):
-            raise UserError(f"a {grid_size}^3 grid is too small for {len(channels)} stride-2 stages; "
-                            f"use a smaller data.voxel_size or fewer stages")
+            raise UserError(
+                f"a {grid_size}^3 grid is too small for {len(channels)} stride-2 stages; "
+                f"use a smaller data.voxel_size or fewer stages"
+            )
         self.grid_size, self.levels = int(grid_size), int(levels)
         e = int(embed_dim)
         self.stem = nn.Sequential(
@@ -203,14 +218,29 @@ class E3DSNN(nn.Module):
             if i + 1 < len(downs):
                 groups.append(unit_chain(name, unit, *downs[i + 1]))
             else:
-                groups.append(bn_chain_group(name, ConvBN(f"{name}.conv", unit.conv, unit.bn), self.head_spike,
-                                             Consumer(f"{prefix}head", self.head)))
+                groups.append(
+                    bn_chain_group(
+                        name,
+                        ConvBN(f"{name}.conv", unit.conv, unit.bn),
+                        self.head_spike,
+                        Consumer(f"{prefix}head", self.head),
+                    )
+                )
         return groups
 
 
 @MODELS.register("e3dsnn")
-def e3dsnn(num_classes: int, in_chans: int, grid_size: int, preset: str | None = "small", embed_dim: int | None = None,
-           channels: list[int] | None = None, depths: list[int] | None = None, levels: int = 4, **unused) -> E3DSNN:
+def e3dsnn(
+    num_classes: int,
+    in_chans: int,
+    grid_size: int,
+    preset: str | None = "small",
+    embed_dim: int | None = None,
+    channels: list[int] | None = None,
+    depths: list[int] | None = None,
+    levels: int = 4,
+    **unused,
+) -> E3DSNN:
     if unused:
         raise UserError(f"model e3dsnn got unknown options: {', '.join(sorted(unused))}")
     geometry = resolve_preset(PRESETS, preset, dict(embed_dim=embed_dim, channels=channels, depths=depths))

@@ -79,7 +79,9 @@ class MobileNetV2(nn.Module):
     input_layer_names = ("features.0.0",)  # protocols.DenseLayers
     output_layer_names = ("classifier.1",)
 
-    def __init__(self, num_classes: int, image_size: int, in_chans: int = 3, width_mult: float = 1.0, dropout: float = 0.2):
+    def __init__(
+        self, num_classes: int, image_size: int, in_chans: int = 3, width_mult: float = 1.0, dropout: float = 0.2
+    ):
         super().__init__()
         if width_mult <= 0:
             raise UserError(f"model.width_mult must be positive, got {width_mult}")
@@ -115,16 +117,32 @@ class MobileNetV2(nn.Module):
         first = features[1]
         if len(first.conv) == 2 and not first.use_residual:
             stem, reader = _link(f"{p}.0", features[0]), _reader(f"{p}.1.conv.1", first.conv[1])
-            groups.append(bn_chain_group(f"{p}.0", stem, _activation(first.conv[0]), reader,
-                                         _link(f"{p}.1.conv.0", first.conv[0])))
+            groups.append(
+                bn_chain_group(
+                    f"{p}.0", stem, _activation(first.conv[0]), reader, _link(f"{p}.1.conv.0", first.conv[0])
+                )
+            )
         for i, block in enumerate(features):
             if isinstance(block, InvertedResidual) and len(block.conv) == 3:
                 b = f"{p}.{i}.conv"
-                groups.append(bn_chain_group(b, _link(f"{b}.0", block.conv[0]), _activation(block.conv[1]),
-                                             _reader(f"{b}.2", block.conv[2]), _link(f"{b}.1", block.conv[1])))
+                groups.append(
+                    bn_chain_group(
+                        b,
+                        _link(f"{b}.0", block.conv[0]),
+                        _activation(block.conv[1]),
+                        _reader(f"{b}.2", block.conv[2]),
+                        _link(f"{b}.1", block.conv[1]),
+                    )
+                )
         last = f"{p}.{len(features) - 1}"
-        groups.append(bn_chain_group(last, _link(last, features[-1]), _activation(features[-1]),
-                                     Consumer(f"{prefix}classifier.1", self.classifier[1])))
+        groups.append(
+            bn_chain_group(
+                last,
+                _link(last, features[-1]),
+                _activation(features[-1]),
+                Consumer(f"{prefix}classifier.1", self.classifier[1]),
+            )
+        )
         return groups
 
 
@@ -152,7 +170,9 @@ class MobileNetV1(nn.Module):
     input_layer_names = ("features.0.0",)  # protocols.DenseLayers
     output_layer_names = ("classifier.1",)
 
-    def __init__(self, num_classes: int, image_size: int, in_chans: int = 3, width_mult: float = 1.0, dropout: float = 0.0):
+    def __init__(
+        self, num_classes: int, image_size: int, in_chans: int = 3, width_mult: float = 1.0, dropout: float = 0.0
+    ):
         super().__init__()
         if width_mult <= 0:
             raise UserError(f"model.width_mult must be positive, got {width_mult}")
@@ -183,16 +203,31 @@ class MobileNetV1(nn.Module):
         for i, (name, block) in enumerate(producers):
             if i + 1 < len(self.features):
                 nxt, n = self.features[i + 1], f"{p}.{i + 1}"
-                groups.append(bn_chain_group(name, _link(name, block), _activation(nxt.dw), _reader(f"{n}.pw", nxt.pw),
-                                             _link(f"{n}.dw", nxt.dw)))
+                groups.append(
+                    bn_chain_group(
+                        name,
+                        _link(name, block),
+                        _activation(nxt.dw),
+                        _reader(f"{n}.pw", nxt.pw),
+                        _link(f"{n}.dw", nxt.dw),
+                    )
+                )
             else:
-                groups.append(bn_chain_group(name, _link(name, block), _activation(block),
-                                             Consumer(f"{prefix}classifier.1", self.classifier[1])))
+                groups.append(
+                    bn_chain_group(
+                        name,
+                        _link(name, block),
+                        _activation(block),
+                        Consumer(f"{prefix}classifier.1", self.classifier[1]),
+                    )
+                )
         return groups
 
 
 @MODELS.register("mobilenet_v1")
-def mobilenet_v1(num_classes: int, image_size: int, in_chans: int = 3, width_mult: float = 1.0, dropout: float = 0.0) -> MobileNetV1:
+def mobilenet_v1(
+    num_classes: int, image_size: int, in_chans: int = 3, width_mult: float = 1.0, dropout: float = 0.0
+) -> MobileNetV1:
     return MobileNetV1(num_classes, image_size, in_chans, width_mult, dropout)
 
 
@@ -201,7 +236,9 @@ mobilenet_v1.default_data = "digits"
 
 
 @MODELS.register("mobilenet_v2")
-def mobilenet_v2(num_classes: int, image_size: int, in_chans: int = 3, width_mult: float = 1.0, dropout: float = 0.2) -> MobileNetV2:
+def mobilenet_v2(
+    num_classes: int, image_size: int, in_chans: int = 3, width_mult: float = 1.0, dropout: float = 0.2
+) -> MobileNetV2:
     return MobileNetV2(num_classes, image_size, in_chans, width_mult, dropout)
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 
+import spconv.pytorch as sp  # noqa: E402
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,21 +43,50 @@ from sparse_lab.models.presets import resolve_preset
 from sparse_lab.protocols import ChannelGroup
 from sparse_lab.spconv_compat import spconv  # noqa: F401  (applies the CPU fixes)
 from sparse_lab.surgery import Consumer, ConvBN, bn_chain_group
-import spconv.pytorch as sp  # noqa: E402
 
 PRESETS = {
     # Smoke tests: the small preset at half width, one Sinkhorn iteration, fewer neighbours.
-    "tiny": dict(channels=(8, 8, 8), voxel_size=0.3, interp_k=3, num_heads=1, graph_k=4, refine_width=8,
-                 nb_iter=1, consistency_k=4, max_distance=1.5, init_flow_weight=0.5),
+    "tiny": dict(
+        channels=(8, 8, 8),
+        voxel_size=0.3,
+        interp_k=3,
+        num_heads=1,
+        graph_k=4,
+        refine_width=8,
+        nb_iter=1,
+        consistency_k=4,
+        max_distance=1.5,
+        init_flow_weight=0.5,
+    ),
     # 2 CPU cores, flow3d (1024 points per frame, scenes about 6 x 6 x 2 m).
     # Voxels of 0.3 m hold several points of a 512-point frame, so both frames see the same occupancy
     # (at 0.1 m most voxels hold one point and matching did not learn in our trials). max_distance 1.5 m:
     # flow3d's largest motions are about 1.2 m.
-    "small": dict(channels=(16, 32, 32), voxel_size=0.3, interp_k=3, num_heads=2, graph_k=8, refine_width=16,
-                  nb_iter=3, consistency_k=8, max_distance=1.5, init_flow_weight=0.5),
+    "small": dict(
+        channels=(16, 32, 32),
+        voxel_size=0.3,
+        interp_k=3,
+        num_heads=2,
+        graph_k=8,
+        refine_width=16,
+        nb_iter=3,
+        consistency_k=8,
+        max_distance=1.5,
+        init_flow_weight=0.5,
+    ),
     # The paper's geometry (FlyingThings3D / KITTI, 8192 points): U-Net 64/128/128, voxel 0.07 m, 32 neighbours.
-    "paper": dict(channels=(64, 128, 128), voxel_size=0.07, interp_k=32, num_heads=4, graph_k=32, refine_width=32,
-                  nb_iter=1, consistency_k=32, max_distance=10.0, init_flow_weight=0.0),
+    "paper": dict(
+        channels=(64, 128, 128),
+        voxel_size=0.07,
+        interp_k=32,
+        num_heads=4,
+        graph_k=32,
+        refine_width=32,
+        nb_iter=1,
+        consistency_k=32,
+        max_distance=10.0,
+        init_flow_weight=0.0,
+    ),
 }
 
 
@@ -160,8 +190,15 @@ class SparseUNet(nn.Module):
     # (producer block, consumer block): channels that feed only the consumer. A consumer after an up block
     # reads a concatenation whose first channels are the up block's. enc1.1 and enc2.1 (x1, x2) also feed a
     # skip concatenation, and dec1 is the output: their channels stay.
-    FREE_CHAINS = (("enc1.0", "enc1.1"), ("enc2.0", "enc2.1"), ("enc3.0", "enc3.1"), ("enc3.1", "up2"),
-                   ("up2", "dec2"), ("dec2", "up1"), ("up1", "dec1"))
+    FREE_CHAINS = (
+        ("enc1.0", "enc1.1"),
+        ("enc2.0", "enc2.1"),
+        ("enc3.0", "enc3.1"),
+        ("enc3.1", "up2"),
+        ("up2", "dec2"),
+        ("dec2", "up1"),
+        ("up1", "dec1"),
+    )
 
     def channel_groups(self, prefix: str, add_gates: bool) -> list[ChannelGroup]:
         """The U-Net's free BN chains (``protocols.ChannelGroups``), scaled by the producer's BN γ. Every
@@ -171,8 +208,14 @@ class SparseUNet(nn.Module):
         groups = []
         for producer, consumer in self.FREE_CHAINS:
             block, reader = self.get_submodule(producer), self.get_submodule(consumer)
-            groups.append(bn_chain_group(f"{prefix}{producer}", ConvBN(f"{prefix}{producer}.0", block[0], block[1]),
-                                         block[2], Consumer(f"{prefix}{consumer}.0", reader[0], bn=reader[1])))
+            groups.append(
+                bn_chain_group(
+                    f"{prefix}{producer}",
+                    ConvBN(f"{prefix}{producer}.0", block[0], block[1]),
+                    block[2],
+                    Consumer(f"{prefix}{consumer}.0", reader[0], bn=reader[1]),
+                )
+            )
         return groups
 
 
@@ -307,14 +350,25 @@ class SCTN(nn.Module):
             key = ((cloud_id * shape[0] + grid[..., 0]) * shape[1] + grid[..., 1]) * shape[2] + grid[..., 2]
             sites, inverse = torch.unique(key.reshape(-1), return_inverse=True)
             coords = torch.stack(
-                [sites // (shape[0] * shape[1] * shape[2]), sites // (shape[1] * shape[2]) % shape[0],
-                 sites // shape[2] % shape[1], sites % shape[2]], 1
+                [
+                    sites // (shape[0] * shape[1] * shape[2]),
+                    sites // (shape[1] * shape[2]) % shape[0],
+                    sites // shape[2] % shape[1],
+                    sites % shape[2],
+                ],
+                1,
             ).int()
         m = len(sites)
         flat = clouds.reshape(-1, 3)
-        count = torch.zeros(m, 1, dtype=clouds.dtype, device=clouds.device).index_add_(0, inverse, torch.ones_like(flat[:, :1]))
+        count = torch.zeros(m, 1, dtype=clouds.dtype, device=clouds.device).index_add_(
+            0, inverse, torch.ones_like(flat[:, :1])
+        )
         centroid = torch.zeros(m, 3, dtype=clouds.dtype, device=clouds.device).index_add_(0, inverse, flat) / count
-        offset = (centroid - origin.reshape(c, 3)[coords[:, 0].long()]) / self.voxel_size - coords[:, 1:].to(clouds.dtype) - 0.5
+        offset = (
+            (centroid - origin.reshape(c, 3)[coords[:, 0].long()]) / self.voxel_size
+            - coords[:, 1:].to(clouds.dtype)
+            - 0.5
+        )
         x = sp.SparseConvTensor(torch.cat([offset, torch.ones_like(count)], 1), coords, shape, c)
         voxel_feats = self.unet(x)  # [M, D]
 
@@ -368,8 +422,13 @@ class SCTN(nn.Module):
             terms["consistency"] = flow.new_zeros(())
         else:
             terms["consistency"] = self.consistency_weight * flow_consistency(
-                flow, output["features"], output["pc1"], self.consistency_k, self.consistency_tau,
-                output["neighbors"] if self.consistency_k == self.graph_k else None)
+                flow,
+                output["features"],
+                output["pc1"],
+                self.consistency_k,
+                self.consistency_tau,
+                output["neighbors"] if self.consistency_k == self.graph_k else None,
+            )
         return terms
 
 

@@ -38,12 +38,20 @@ PRESETS = {
     "tiny": dict(patch_size=8, embed_dim=32, depth=4, num_heads=2, mlp_ratio=2.0, stgm_at=1, pool_size=2, num_global=1),
     # 32x32 inputs on a CPU, like vit's small32: 16 image tokens (4x4) -> 2x2 pooled + 2 global = 6
     # semantic tokens; 1 image block, the 2 STGM layers, 2 blocks on semantic tokens.
-    "small32": dict(patch_size=8, embed_dim=128, depth=5, num_heads=4, mlp_ratio=2.0, stgm_at=1, pool_size=2, num_global=2),
+    "small32": dict(
+        patch_size=8, embed_dim=128, depth=5, num_heads=4, mlp_ratio=2.0, stgm_at=1, pool_size=2, num_global=2
+    ),
     # DeiT-T/S/B geometry at 224 (14x14 tokens): 4 image blocks, STGM, 6 semantic blocks;
     # 3x3 pooled + 7 global = 16 semantic tokens.
-    "stvit_ti16": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0, stgm_at=4, pool_size=3, num_global=7),
-    "stvit_s16": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0, stgm_at=4, pool_size=3, num_global=7),
-    "stvit_b16": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0, stgm_at=4, pool_size=3, num_global=7),
+    "stvit_ti16": dict(
+        patch_size=16, embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0, stgm_at=4, pool_size=3, num_global=7
+    ),
+    "stvit_s16": dict(
+        patch_size=16, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0, stgm_at=4, pool_size=3, num_global=7
+    ),
+    "stvit_b16": dict(
+        patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0, stgm_at=4, pool_size=3, num_global=7
+    ),
 }
 
 
@@ -117,7 +125,9 @@ class SemanticAttentionLayer(nn.Module):
 class SemanticTokenGeneration(nn.Module):
     """Image tokens [B, H*W, D] -> semantic tokens [B, pool_size² + num_global, D]."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, grid: int, pool_size: int, num_global: int, layers: int = 2):
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float, grid: int, pool_size: int, num_global: int, layers: int = 2
+    ):
         super().__init__()
         if not 1 <= pool_size <= grid:
             raise UserError(f"model.pool_size must be between 1 and the token grid side {grid}, got {pool_size}")
@@ -165,13 +175,18 @@ class SemanticTokenViT(nn.Module):
     ):
         super().__init__()
         if not 0 <= stgm_at <= depth - 2:
-            raise UserError(f"model.stgm_at must be between 0 and depth - 2 = {depth - 2} (the STGM takes two layers), got {stgm_at}")
+            raise UserError(
+                f"model.stgm_at must be between 0 and depth - 2 = {depth - 2} (the STGM takes two layers), "
+                f"got {stgm_at}"
+            )
         self.patch_embed = PatchEmbed(image_size, patch_size, in_chans, embed_dim)
         grid = math.isqrt(self.patch_embed.num_patches)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim))
         self.image_blocks = nn.Sequential(*[Block(embed_dim, num_heads, mlp_ratio) for _ in range(stgm_at)])
         self.stgm = SemanticTokenGeneration(embed_dim, num_heads, mlp_ratio, grid, pool_size, num_global)
-        self.semantic_blocks = nn.Sequential(*[Block(embed_dim, num_heads, mlp_ratio) for _ in range(depth - stgm_at - 2)])
+        self.semantic_blocks = nn.Sequential(
+            *[Block(embed_dim, num_heads, mlp_ratio) for _ in range(depth - stgm_at - 2)]
+        )
         self.norm = nn.LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes)
         self._init_weights()
@@ -196,7 +211,9 @@ class SemanticTokenViT(nn.Module):
 
 
 @MODELS.register("stvit")
-def stvit(num_classes: int, image_size: int, in_chans: int = 3, preset: str | None = "small32", **kwargs) -> SemanticTokenViT:
+def stvit(
+    num_classes: int, image_size: int, in_chans: int = 3, preset: str | None = "small32", **kwargs
+) -> SemanticTokenViT:
     return SemanticTokenViT(num_classes, image_size, in_chans, **resolve_preset(PRESETS, preset, kwargs))
 
 

@@ -178,7 +178,9 @@ class VisionTransformer(nn.Module):
 
 
 @MODELS.register("vit")
-def vit(num_classes: int, image_size: int, in_chans: int = 3, preset: str | None = "small32", **kwargs) -> VisionTransformer:
+def vit(
+    num_classes: int, image_size: int, in_chans: int = 3, preset: str | None = "small32", **kwargs
+) -> VisionTransformer:
     return VisionTransformer(num_classes, image_size, in_chans, **resolve_preset(PRESETS, preset, kwargs))
 
 

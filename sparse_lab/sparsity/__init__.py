@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from sparse_lab.registry import Registry
+from sparse_lab.registry import Registry, import_submodules
 
 METHODS: Registry = Registry("sparsity method")
-
-# Importing the method modules registers them.
-from sparse_lab.sparsity import dense, dynamic, gmp, lottery, masksparsity, nm, random  # noqa: E402,F401
+import_submodules(__name__)  # each method module registers its methods
 
 
 def build_method(name: str, **kwargs):

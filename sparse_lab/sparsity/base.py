@@ -30,7 +30,9 @@ class SparsityMethod(pl.Callback):
         super().__init__()
         self.sparsity = check_range("sparsity.sparsity", sparsity, 0.0, 1.0)
         if distribution not in DISTRIBUTIONS:
-            raise UserError(f"unknown sparsity.distribution {distribution!r}; choose one of: {', '.join(DISTRIBUTIONS)}")
+            raise UserError(
+                f"unknown sparsity.distribution {distribution!r}; choose one of: {', '.join(DISTRIBUTIONS)}"
+            )
         self.distribution = distribution
         self.prune_first_layer, self.prune_classifier, self.exclude = prune_first_layer, prune_classifier, list(exclude)
         self.params: list[PrunableParam] = []
@@ -53,7 +55,9 @@ class SparsityMethod(pl.Callback):
         self.params = self.select_params(model)
         if not self.params and self.sparsity > 0:
             raise UserError(f"{self.name}: the model has no prunable weights under the current rule")
-        self.target_densities = layer_densities([p.fan_shape for p in self.params], 1.0 - self.sparsity, self.distribution)
+        self.target_densities = layer_densities(
+            [p.fan_shape for p in self.params], 1.0 - self.sparsity, self.distribution
+        )
         self.set_masks(self.initial_masks(torch.Generator().manual_seed(seed)))
 
     def select_params(self, model: nn.Module) -> list[PrunableParam]:
@@ -129,7 +133,9 @@ class SparsityMethod(pl.Callback):
         total = sum(p.numel for p in self.params)
         if not total or not self.masks:
             return 0.0
-        kept = sum(int(m.sum()) for m in self.masks.values()) + sum(p.numel for p in self.params if p.name not in self.masks)
+        kept = sum(int(m.sum()) for m in self.masks.values()) + sum(
+            p.numel for p in self.params if p.name not in self.masks
+        )
         return 1.0 - kept / total
 
     def summary(self) -> dict:

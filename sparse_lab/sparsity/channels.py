@@ -104,8 +104,13 @@ def _coupled_bn_group(graph, coupled, names: dict[nn.Module, str]) -> ChannelGro
     aligned, layers = [], []
     for item in coupled:
         module = item.dep.target.module
-        if isinstance(module, _BatchNorm) and module.affine and module.num_features == size \
-                and list(item.idxs) == list(item.root_idxs) and all(module is not m for m in aligned):
+        if (
+            isinstance(module, _BatchNorm)
+            and module.affine
+            and module.num_features == size
+            and list(item.idxs) == list(item.root_idxs)
+            and all(module is not m for m in aligned)
+        ):
             aligned.append(module)
         elif isinstance(module, nn.Module) and is_weight_layer(module) and names[module] not in layers:
             layers.append(names[module])
@@ -123,5 +128,11 @@ def _coupled_bn_group(graph, coupled, names: dict[nn.Module, str]) -> ChannelGro
             pruner = graph.get_pruner_of_module(scale_bn)
             graph.get_pruning_group(scale_bn, pruner.prune_out_channels, removed).prune()
 
-    return ChannelGroup(names[scale_bn], "bn_channel", scale_bn.weight, layers, keep,
-                        coupled_scales=tuple(bn.weight for bn in aligned[1:]))
+    return ChannelGroup(
+        names[scale_bn],
+        "bn_channel",
+        scale_bn.weight,
+        layers,
+        keep,
+        coupled_scales=tuple(bn.weight for bn in aligned[1:]),
+    )

@@ -20,6 +20,7 @@ identically on every rank. Every decision is thus taken on identical data on eve
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytorch_lightning as pl
@@ -57,8 +58,9 @@ class DynamicSparse(SparsityMethod):
         if int(delta_t) != delta_t or int(delta_t) < 1:
             raise UserError(f"sparsity.delta_t must be a positive number of steps, got {delta_t!r}")
         if alpha_schedule not in ALPHA_SCHEDULES:
-            raise UserError(f"unknown sparsity.alpha_schedule {alpha_schedule!r}; "
-                            f"choose one of: {', '.join(ALPHA_SCHEDULES)}")
+            raise UserError(
+                f"unknown sparsity.alpha_schedule {alpha_schedule!r}; choose one of: {', '.join(ALPHA_SCHEDULES)}"
+            )
         self.delta_t = int(delta_t)
         self.alpha = check_range("sparsity.alpha", alpha, 0.0, 1.0, high_inclusive=True)
         self.final_alpha = check_range("sparsity.final_alpha", final_alpha, 0.0, self.alpha, high_inclusive=True)
@@ -118,8 +120,9 @@ class DynamicSparse(SparsityMethod):
                 count = int(fraction * int(flat.sum()))
                 if count == 0:
                     continue
-                grown_by_layer[name] = self._drop_grow(flat, weight.detach().reshape(-1).abs(),
-                                                       lambda keep: self._grow_scores(weight, keep), count)
+                magnitude = weight.detach().reshape(-1).abs()
+                grow_scores = functools.partial(self._grow_scores, weight)
+                grown_by_layer[name] = self._drop_grow(flat, magnitude, grow_scores, count)
         else:
             sizes = [f.numel() for f in flats]
             flat = torch.cat(flats)
@@ -221,8 +224,17 @@ class SET(DynamicSparse):
     grow = "random"
     scope = "layer"
 
-    def __init__(self, sparsity: float = 0.8, distribution: str = "erk", delta_t: int = 100, alpha: float = 0.3,
-                 final_alpha: float = 0.0, alpha_schedule: str = "constant", end_fraction: float = 1.0, **kwargs):
+    def __init__(
+        self,
+        sparsity: float = 0.8,
+        distribution: str = "erk",
+        delta_t: int = 100,
+        alpha: float = 0.3,
+        final_alpha: float = 0.0,
+        alpha_schedule: str = "constant",
+        end_fraction: float = 1.0,
+        **kwargs,
+    ):
         super().__init__(sparsity, distribution, delta_t, alpha, final_alpha, alpha_schedule, end_fraction, **kwargs)
 
 
@@ -231,7 +243,15 @@ class DSL(DynamicSparse):
     grow = "gradient"
     scope = "global"
 
-    def __init__(self, sparsity: float = 0.8, distribution: str = "erk", delta_t: int = 100, alpha: float = 0.5,
-                 final_alpha: float = 0.005, alpha_schedule: str = "cosine", end_fraction: float = 1.0,
-                 **kwargs):
+    def __init__(
+        self,
+        sparsity: float = 0.8,
+        distribution: str = "erk",
+        delta_t: int = 100,
+        alpha: float = 0.5,
+        final_alpha: float = 0.005,
+        alpha_schedule: str = "cosine",
+        end_fraction: float = 1.0,
+        **kwargs,
+    ):
         super().__init__(sparsity, distribution, delta_t, alpha, final_alpha, alpha_schedule, end_fraction, **kwargs)

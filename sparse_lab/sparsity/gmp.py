@@ -61,7 +61,9 @@ class GradualMagnitudePruning(SparsityMethod):
         exclude: list[str] | tuple[str, ...] = (),
     ):
         super().__init__(sparsity, distribution, prune_first_layer, prune_classifier, exclude)
-        self.initial_sparsity = check_range("sparsity.initial_sparsity", initial_sparsity, 0.0, self.sparsity, high_inclusive=True)
+        self.initial_sparsity = check_range(
+            "sparsity.initial_sparsity", initial_sparsity, 0.0, self.sparsity, high_inclusive=True
+        )
         self.start = check_range("sparsity.start", start, 0.0, 1.0, high_inclusive=True)
         self.end = check_range("sparsity.end", end, self.start, 1.0, high_inclusive=True)
         if int(frequency) != frequency or int(frequency) < 1:
@@ -79,7 +81,10 @@ class GradualMagnitudePruning(SparsityMethod):
             return params
         pointwise = [p for p in params if is_pointwise_conv(p.module)]
         if not pointwise and self.sparsity > 0:
-            raise UserError(f"{self.name}: the model has no prunable weights under the current rule (pointwise_only: 1x1 convolutions)")
+            raise UserError(
+                f"{self.name}: the model has no prunable weights under the current rule "
+                "(pointwise_only: 1x1 convolutions)"
+            )
         return pointwise
 
     def attach(self, model: nn.Module, seed: int = 0, example_input=None) -> None:
@@ -129,8 +134,12 @@ class GradualMagnitudePruning(SparsityMethod):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.current_sparsity < self.sparsity:
-            log.info("gmp: training ended at step %d before the schedule's end (%d); pruning to %.3f now",
-                     trainer.global_step, self.end_step, self.sparsity)
+            log.info(
+                "gmp: training ended at step %d before the schedule's end (%d); pruning to %.3f now",
+                trainer.global_step,
+                self.end_step,
+                self.sparsity,
+            )
             self.prune_to(self.sparsity, trainer.global_step)
 
     # -- state and reporting ------------------------------------------------------------------

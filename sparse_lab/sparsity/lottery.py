@@ -51,7 +51,13 @@ class LotteryTicket(SparsityMethod):
         **kwargs,
     ):
         kwargs.pop("sparsity", None)
-        super().__init__(sparsity=0.0, prune_first_layer=prune_first_layer, prune_classifier=prune_classifier, exclude=exclude, **kwargs)
+        super().__init__(
+            sparsity=0.0,
+            prune_first_layer=prune_first_layer,
+            prune_classifier=prune_classifier,
+            exclude=exclude,
+            **kwargs,
+        )
         if int(rounds) != rounds or rounds < 0:
             raise UserError(f"sparsity.rounds must be a whole number >= 0, got {rounds}")
         self.prune_rounds = int(rounds)
@@ -120,7 +126,11 @@ class LotteryTicket(SparsityMethod):
             flat = torch.cat([s.flatten() for s in scores])
             keep = topk_mask(flat, kept_count(density, flat.numel())).split([p.numel for p in self.params])
             masks = {p.name: k.view(p.shape) for p, k in zip(self.params, keep)}
-        self.target_densities = [float(masks[p.name].sum()) / p.numel for p in self.params] if self.scope == "global" else [density] * len(self.params)
+        self.target_densities = (
+            [float(masks[p.name].sum()) / p.numel for p in self.params]
+            if self.scope == "global"
+            else [density] * len(self.params)
+        )
         return masks
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -106,8 +106,13 @@ def select_channels(
         remaining[i] -= 1
         spent += cost[i]
     if spent < budget - 1e-9:
-        log.warning("masksparsity: only %.3g of the %.3g %s asked for can be removed (min_channels=%d per group)",
-                    spent, budget, "MACs" if target == "flops" else "channels", min_channels)
+        log.warning(
+            "masksparsity: only %.3g of the %.3g %s asked for can be removed (min_channels=%d per group)",
+            spent,
+            budget,
+            "MACs" if target == "flops" else "channels",
+            min_channels,
+        )
     return {g.name: torch.tensor(sorted(c), dtype=torch.long) for g, c in zip(groups, chosen)}
 
 
@@ -129,8 +134,13 @@ class MaskSparsity(SparsityMethod):
         **kwargs,
     ):
         kwargs.pop("sparsity", None)
-        super().__init__(sparsity=0.0, prune_first_layer=prune_first_layer, prune_classifier=prune_classifier,
-                         exclude=exclude, **kwargs)
+        super().__init__(
+            sparsity=0.0,
+            prune_first_layer=prune_first_layer,
+            prune_classifier=prune_classifier,
+            exclude=exclude,
+            **kwargs,
+        )
         self.ratio = check_range("sparsity.ratio", ratio, 0.0, 1.0)
         if target not in TARGETS:
             raise UserError(f"unknown sparsity.target {target!r}; choose one of: {', '.join(TARGETS)}")
@@ -156,8 +166,10 @@ class MaskSparsity(SparsityMethod):
         self.groups = channel_groups(model, add_gates=True, example_input=self._on_model(example_input, model))
         if not self.groups:
             why = "no BatchNorm channels to trace" if example_input is not None else "no example input to trace it with"
-            raise IncompatibleError(f"masksparsity: {type(model).__name__} offers no prunable channel groups: it "
-                                    f"declares none (protocols.ChannelGroups) and there are {why}")
+            raise IncompatibleError(
+                f"masksparsity: {type(model).__name__} offers no prunable channel groups: it "
+                f"declares none (protocols.ChannelGroups) and there are {why}"
+            )
         self._example = example_input
         super().attach(model, seed, example_input)
         self.stats["channels_before"] = self._channel_counts(self.groups)
@@ -205,17 +217,45 @@ class MaskSparsity(SparsityMethod):
             self.stats["macs_before"] = total
         elif self.target == "flops":
             raise ValueError("a FLOP target needs an example input to count MACs")
-        self.selected = select_channels(self.groups, self.ratio, self.target, macs_per_channel, total,
-                                        self.min_channels)
+        budget_base = total
+        if self.target == "flops":
+            budget_base = self._reachable_flop_base(macs_per_channel, total)
+        self.selected = select_channels(
+            self.groups, self.ratio, self.target, macs_per_channel, budget_base, self.min_channels
+        )
         if macs_per_channel is not None:
-            self.stats["macs_selected_estimate"] = sum(len(self.selected[g.name]) * c
-                                                       for g, c in zip(self.groups, macs_per_channel))
+            self.stats["macs_selected_estimate"] = sum(
+                len(self.selected[g.name]) * c for g, c in zip(self.groups, macs_per_channel)
+            )
         self._index_selected()
         return self.selected
 
+    def _reachable_flop_base(self, macs_per_channel: list[float], total: int) -> float:
+        """The MACs ``ratio`` is a fraction of: the model's, or -- when its channel groups cannot remove that
+        much (SCTN: the sparse U-Net holds about a tenth of its MACs) -- the MACs of the groups' own layers,
+        said in a warning and in results.json, rather than cutting every group down to ``min_channels``."""
+        removable = sum((g.size - self.min_channels) * c for g, c in zip(self.groups, macs_per_channel))
+        if self.ratio * total <= removable:
+            return total
+        in_groups = sum(g.size * c for g, c in zip(self.groups, macs_per_channel))
+        self.stats["flop_target"] = {"of": "channel-group layers", "group_macs": in_groups, "model_macs": total}
+        log.warning(
+            "masksparsity: the channel groups can remove at most %.1f%% of the model's MACs, less than "
+            "sparsity.ratio=%g; removing %g of the MACs of the grouped layers instead (%.1f%% of the model's)",
+            100 * removable / total,
+            self.ratio,
+            self.ratio,
+            100 * self.ratio * in_groups / total,
+        )
+        return in_groups
+
     def _index_selected(self) -> None:
-        self._selected_pairs = [(scale, self.selected[g.name].to(scale.device))
-                                for g in self.groups if len(self.selected[g.name]) for scale in group_scales(g)]
+        self._selected_pairs = [
+            (scale, self.selected[g.name].to(scale.device))
+            for g in self.groups
+            if len(self.selected[g.name])
+            for scale in group_scales(g)
+        ]
 
     @torch.no_grad()
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
@@ -267,8 +307,13 @@ class MaskSparsity(SparsityMethod):
         self.params = self.select_params(narrow)
         self.target_densities = [1.0] * len(self.params)
         self.set_masks({})
-        log.info("masksparsity: removed %s channels; parameters %d -> %d", self.stats["channels_before"],
-                 self.stats["params_before"], self.stats["params_after"])
+        log.info(
+            "masksparsity: channels %s -> %s; parameters %d -> %d",
+            self.stats["channels_before"],
+            self.stats["channels_after"],
+            self.stats["params_before"],
+            self.stats["params_after"],
+        )
         return narrow
 
     # -- reporting ----------------------------------------------------------------------------

@@ -256,7 +256,11 @@ class NMSparsity(SparsityMethod):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The stored weights stay dense during training: report the N:M masks the forward uses.
         rows = [
-            dict(name=p.name, numel=p.numel, nonzero=int(nm_mask(p.param, self.current_n, self.m, input_last(p.module)).sum()))
+            dict(
+                name=p.name,
+                numel=p.numel,
+                nonzero=int(nm_mask(p.param, self.current_n, self.m, input_last(p.module)).sum()),
+            )
             for p in self.params
         ]
         log_densities(pl_module, rows)

@@ -78,5 +78,7 @@ def dense_layer_names(model: nn.Module, weight_layers: list[str]) -> tuple[set[s
     inputs, outputs = set(model.input_layer_names), set(model.output_layer_names)
     unknown = (inputs | outputs) - set(weight_layers)
     if unknown:
-        raise UserError(f"{type(model).__name__} declares dense layers that are not weight layers: {', '.join(sorted(unknown))}")
+        raise UserError(
+            f"{type(model).__name__} declares dense layers that are not weight layers: {', '.join(sorted(unknown))}"
+        )
     return inputs, outputs

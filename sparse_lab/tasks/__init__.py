@@ -8,12 +8,10 @@ from __future__ import annotations
 import pytorch_lightning as pl
 from torch import nn
 
-from sparse_lab.registry import Registry
+from sparse_lab.registry import Registry, import_submodules
 
 TASKS: Registry[pl.LightningModule] = Registry("task")
-
-# Importing the task modules registers them.
-from sparse_lab.tasks import classification, scene_flow  # noqa: E402,F401
+import_submodules(__name__)  # each task module registers its task
 
 
 def build_task(info, model: nn.Module, optim: dict) -> pl.LightningModule:

@@ -97,7 +97,9 @@ class ClassificationTask(pl.LightningModule):
             )
         else:
             warmup = int(self.warmup_fraction * total)
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_with_warmup(step, warmup, total))
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: cosine_with_warmup(step, warmup, total)
+            )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

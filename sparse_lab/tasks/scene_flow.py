@@ -24,7 +24,13 @@ from torchmetrics import Metric
 
 from sparse_lab.errors import UserError
 from sparse_lab.tasks import TASKS
-from sparse_lab.tasks.classification import DEFAULT_OPTIMIZER, OPTIMIZERS, SCHEDULES, ClassificationTask, auxiliary_losses
+from sparse_lab.tasks.classification import (
+    DEFAULT_OPTIMIZER,
+    OPTIMIZERS,
+    SCHEDULES,
+    ClassificationTask,
+    auxiliary_losses,
+)
 
 RELATIVE_EPS = 1e-4  # HPLFlowNet / FLOT: relative_err = l2 / (‖sf‖ + 1e-4)
 
@@ -65,8 +71,14 @@ class SceneFlowMetrics(Metric):
 
 @TASKS.register("scene_flow")
 class SceneFlowTask(pl.LightningModule):
-    def __init__(self, model: nn.Module, optimizer: dict | None = None, schedule: str = "onecycle", warmup_fraction: float = 0.1,
-                 **unused):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: dict | None = None,
+        schedule: str = "onecycle",
+        warmup_fraction: float = 0.1,
+        **unused,
+    ):
         super().__init__()
         unknown = set(unused) - {"label_smoothing"}  # shared optim keys that mean nothing here
         if unknown:

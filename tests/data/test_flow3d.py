@@ -17,7 +17,9 @@ def test_pairs_are_seeded_sized_and_disjoint_across_splits():
     a, b = small(), small()
     assert (len(a.train_set), len(a.val_set), len(a.test_set)) == (4, 2, 3)
     s = a.test_set[1]
-    assert set(s) == {"pc1", "pc2", "flow"} and all(v.shape == (256, 3) and v.dtype == torch.float32 for v in s.values())
+    assert set(s) == {"pc1", "pc2", "flow"} and all(
+        v.shape == (256, 3) and v.dtype == torch.float32 for v in s.values()
+    )
     assert all(torch.equal(s[k], b.test_set[1][k]) for k in s)  # same seed, same scene
     assert not torch.equal(a.train_set[1]["pc1"], a.test_set[1]["pc1"])  # splits never share a scene
     assert not torch.equal(small(seed=1).test_set[1]["pc1"], s["pc1"])
@@ -25,8 +27,14 @@ def test_pairs_are_seeded_sized_and_disjoint_across_splits():
 
 
 def test_flow_is_exact_rigid_motion_and_second_frame_is_an_independent_sample():
-    scene = generate_scene(np.random.default_rng(0), num_points=512, noise=0.0, num_objects=(1, 1), dynamic_fraction=0.0,
-                           ego_rotation_deg=0.0)
+    scene = generate_scene(
+        np.random.default_rng(0),
+        num_points=512,
+        noise=0.0,
+        num_objects=(1, 1),
+        dynamic_fraction=0.0,
+        ego_rotation_deg=0.0,
+    )
     # One static solid, pure ego translation: every point moves by the same vector.
     flow = scene["flow"]
     assert np.allclose(flow, flow[0], atol=1e-9) and np.linalg.norm(flow[0]) > 0

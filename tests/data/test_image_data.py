@@ -73,7 +73,9 @@ def write_imagefolder(root, splits=("train", "val"), classes=("cat", "dog", "eel
 
 def test_imagefolder_reads_class_folders(tmp_path):
     write_imagefolder(tmp_path / "tiny")
-    dm = build_datamodule("imagefolder", data_dir=str(tmp_path), root="tiny", batch_size=4, image_size=32, num_workers=0)
+    dm = build_datamodule(
+        "imagefolder", data_dir=str(tmp_path), root="tiny", batch_size=4, image_size=32, num_workers=0
+    )
     assert dm.info.num_classes == 3
     dm.setup()
     assert len(dm.train_set) == 9 and len(dm.test_set) == 9  # no test/: val serves as test

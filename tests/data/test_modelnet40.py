@@ -29,8 +29,9 @@ def write_layout(root, classes=("airplane", "chair"), per_class=3, points=20):
 
 def test_reads_the_resampled_layout(tmp_path):
     write_layout(tmp_path)
-    dm = build_datamodule("modelnet40", data_dir=str(tmp_path), num_classes=2, num_points=16, val_fraction=0.25,
-                          batch_size=2)
+    dm = build_datamodule(
+        "modelnet40", data_dir=str(tmp_path), num_classes=2, num_points=16, val_fraction=0.25, batch_size=2
+    )
     assert dm.info.modality == "point_cloud" and dm.info.sizes == {"in_chans": 4, "grid_size": 40}
     dm.setup("fit")
     assert len(dm.train_set) + len(dm.val_set) == 4 and len(dm.test_set) == 2

@@ -8,7 +8,9 @@ from sparse_lab.errors import UserError
 
 def test_each_frame_holds_the_digit_at_a_bouncing_position():
     digits = torch.rand(6, 4, 4) + 0.1
-    videos = make_videos(digits, num_frames=7, image_size=10, max_speed=3, noise=0.0, generator=torch.Generator().manual_seed(1))
+    videos = make_videos(
+        digits, num_frames=7, image_size=10, max_speed=3, noise=0.0, generator=torch.Generator().manual_seed(1)
+    )
     assert videos.shape == (6, 7, 1, 10, 10)
     for i in range(6):
         corners = []

@@ -26,8 +26,9 @@ def write_flyingthings(root, n_train=4, n_val=2, n=40):
 
 def test_flyingthings3d_layout_flip_depth_limit_and_sampling(tmp_path):
     write_flyingthings(tmp_path)
-    dm = build_datamodule("flyingthings3d", data_dir=str(tmp_path), num_points=16, batch_size=2, val_fraction=0.25,
-                          num_workers=0)
+    dm = build_datamodule(
+        "flyingthings3d", data_dir=str(tmp_path), num_points=16, batch_size=2, val_fraction=0.25, num_workers=0
+    )
     dm.setup()
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (3, 1, 2)
     s = dm.test_set[0]
@@ -68,8 +69,10 @@ def test_fewer_valid_points_than_asked_are_padded_by_resampling(tmp_path):
     assert dm.test_set[0]["pc1"].shape == (32, 3)
 
 
-@pytest.mark.parametrize("name, folder", [("flyingthings3d", "FlyingThings3D_subset_processed_35m/train"),
-                                          ("kitti_sf", "KITTI_processed_occ_final")])
+@pytest.mark.parametrize(
+    "name, folder",
+    [("flyingthings3d", "FlyingThings3D_subset_processed_35m/train"), ("kitti_sf", "KITTI_processed_occ_final")],
+)
 def test_missing_dataset_says_where_it_looked(tmp_path, name, folder):
     dm = build_datamodule(name, data_dir=str(tmp_path / "nowhere"), num_workers=0)
     with pytest.raises(UserError, match=f"{name} not found: missing .*nowhere/{folder}") as info:

@@ -4,14 +4,15 @@ import pytest
 import torch
 from pytorch_lightning.utilities import move_data_to_device
 
-from sparse_lab.data import build_datamodule
 from sparse_lab.batches import VoxelBatch
+from sparse_lab.data import build_datamodule, shapes3d
 from sparse_lab.data.points import VoxelCollate, voxelize
-from sparse_lab.data import shapes3d
 from sparse_lab.data.shapes3d import CLASSES, make_split
 from sparse_lab.errors import UserError
 
-ARGS = dict(num_points=128, noise=0.02, partial_prob=0.5, max_cut=0.45, clutter=0.08, stretch=0.2, scale_range=(0.55, 0.9))
+ARGS = dict(
+    num_points=128, noise=0.02, partial_prob=0.5, max_cut=0.45, clutter=0.08, stretch=0.2, scale_range=(0.55, 0.9)
+)
 
 
 def test_generation_is_seeded_balanced_and_bounded():
@@ -38,10 +39,12 @@ def test_classes_differ_in_shape():
 
 
 def test_voxelize_hand_built():
-    points = torch.tensor([
-        [[-1.0, -1.0, -1.0], [-0.9, -0.9, -0.9], [0.99, 0.0, 0.0]],  # two points share a voxel
-        [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]],
-    ])
+    points = torch.tensor(
+        [
+            [[-1.0, -1.0, -1.0], [-0.9, -0.9, -0.9], [0.99, 0.0, 0.0]],  # two points share a voxel
+            [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]],
+        ]
+    )
     batch = voxelize(points, voxel_size=0.5)  # 4^3 grid
     assert batch.spatial_shape == (4, 4, 4) and batch.batch_size == 2
     assert batch.coords.dtype == torch.int32

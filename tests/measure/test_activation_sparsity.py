@@ -52,8 +52,15 @@ def test_callback_measures_during_test_only_and_leaves_no_hooks(tmp_path):
     task = ClassificationTask(net, num_classes=2, optimizer={"name": "adamw", "lr": 1e-3}, schedule="constant")
     data = DataLoader(TensorDataset(torch.randn(12, 2, 2), torch.randint(0, 2, (12,))), batch_size=4)
     callback = ActivationSparsity()
-    trainer = pl.Trainer(max_epochs=1, callbacks=[callback], logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        callbacks=[callback],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(task, data)
     assert callback.summary() == {} and hooks(net) == 0
     trainer.test(task, data, verbose=False)
@@ -72,8 +79,13 @@ def test_a_failing_test_pass_leaves_no_hooks(tmp_path):
     net = Failing()
     task = ClassificationTask(net, num_classes=2, optimizer={"name": "adamw", "lr": 1e-3}, schedule="constant")
     data = DataLoader(TensorDataset(torch.randn(4, 2, 2), torch.randint(0, 2, (4,))), batch_size=4)
-    trainer = pl.Trainer(callbacks=[ActivationSparsity()], logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        callbacks=[ActivationSparsity()],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     with pytest.raises(RuntimeError, match="boom"):
         trainer.test(task, data, verbose=False)
     assert hooks(net) == 0

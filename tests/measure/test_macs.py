@@ -8,10 +8,10 @@ from sparse_lab.models.vit import Attention, Block
 
 def test_conv_and_linear_macs_by_hand():
     net = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),         # 8x8 out: 8*8*8 outputs x 3*3*3 = 13,824
+        nn.Conv2d(3, 8, 3, padding=1),  # 8x8 out: 8*8*8 outputs x 3*3*3 = 13,824
         nn.Conv2d(8, 8, 3, stride=2, groups=8),  # 3x3 out: 8*3*3 outputs x 1*3*3 = 648
         nn.Flatten(),
-        nn.Linear(72, 10),                     # 10 x 72 = 720
+        nn.Linear(72, 10),  # 10 x 72 = 720
     )
     rows = count_macs(net, torch.zeros(1, 3, 8, 8))
     assert [r.dense for r in rows] == [13_824, 648, 720]
@@ -60,4 +60,3 @@ def test_vit_s16_matches_published_size():
     rows = count_macs(model, torch.zeros(1, 3, 224, 224))
     assert abs(total - 22.05e6) < 0.05e6
     assert 4.55e9 <= sum(r.dense for r in rows) <= 4.65e9
-

@@ -53,8 +53,13 @@ def test_counter_counts_sops_by_fan_out_and_macs_by_nonzero_weights():
 def run_test(model, callback, tmp_path) -> dict:
     task = ClassificationTask(model, num_classes=2, optimizer={"name": "sgd", "lr": 0.1}, schedule="constant")
     data = DataLoader(TensorDataset(X, torch.zeros(4, dtype=torch.long)), batch_size=2)
-    trainer = pl.Trainer(callbacks=[callback], logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        callbacks=[callback],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     return trainer.test(task, data, verbose=False)[0]
 
 

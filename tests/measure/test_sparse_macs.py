@@ -1,13 +1,12 @@
 """Sparse convolutions are counted by active input-output pairs: MACs = pairs x C_in x C_out."""
 
+import spconv.pytorch as sp
 import torch
 import torch.nn.functional as F
 
-from sparse_lab.spconv_compat import spconv  # noqa: F401
-import spconv.pytorch as sp
-
 from sparse_lab.measure import count_macs
 from sparse_lab.measure.sparse_conv import pair_mask, sparse_conv_sops
+from sparse_lab.spconv_compat import spconv  # noqa: F401
 
 
 def tensor(coords, feats=None, shape=(4, 4, 4), batch=1, cin=2):

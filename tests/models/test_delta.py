@@ -42,10 +42,26 @@ def test_accumulate_restores_the_layer_output_on_quantized_input():
 
 def test_delta_cnn_keeps_its_function_and_adds_a_penalty():
     torch.manual_seed(0)
-    with_delta = build_model("delta_cnn", modality="video", num_classes=10, image_size=16, in_chans=1, num_frames=3,
-                             channels=[4, 8], delta_step=1e-4)
-    without = build_model("delta_cnn", modality="video", num_classes=10, image_size=16, in_chans=1, num_frames=3,
-                          channels=[4, 8], delta=False)
+    with_delta = build_model(
+        "delta_cnn",
+        modality="video",
+        num_classes=10,
+        image_size=16,
+        in_chans=1,
+        num_frames=3,
+        channels=[4, 8],
+        delta_step=1e-4,
+    )
+    without = build_model(
+        "delta_cnn",
+        modality="video",
+        num_classes=10,
+        image_size=16,
+        in_chans=1,
+        num_frames=3,
+        channels=[4, 8],
+        delta=False,
+    )
     without.load_state_dict(with_delta.state_dict())
     x = torch.randn(2, 3, 1, 16, 16)
     with_delta.eval(), without.eval()

@@ -33,8 +33,16 @@ def tiny_batch(batch=3, points=64, seed=0):
 
 def test_trains_and_evaluates_on_cpu():
     torch.manual_seed(0)
-    model = build_model("e3dsnn", modality="point_cloud", num_classes=5, in_chans=4, grid_size=16,
-                        embed_dim=8, channels=[8, 16], depths=[1, 1])
+    model = build_model(
+        "e3dsnn",
+        modality="point_cloud",
+        num_classes=5,
+        in_chans=4,
+        grid_size=16,
+        embed_dim=8,
+        channels=[8, 16],
+        depths=[1, 1],
+    )
     x, y = tiny_batch(), torch.tensor([0, 1, 2])
     logits = model(x)
     assert logits.shape == (3, 5)
@@ -48,8 +56,16 @@ def test_trains_and_evaluates_on_cpu():
 
 def test_spike_counter_reports_rates_and_sops():
     torch.manual_seed(0)
-    model = build_model("e3dsnn", modality="point_cloud", num_classes=5, in_chans=4, grid_size=16,
-                        embed_dim=8, channels=[8, 16], depths=[1, 1])
+    model = build_model(
+        "e3dsnn",
+        modality="point_cloud",
+        num_classes=5,
+        in_chans=4,
+        grid_size=16,
+        embed_dim=8,
+        channels=[8, 16],
+        depths=[1, 1],
+    )
     x = tiny_batch()  # train mode: BatchNorm normalises by the batch, so the neurons fire at init
     with torch.no_grad(), SpikeCounter(model) as counter:
         model(x)

@@ -67,8 +67,14 @@ def test_forward_shapes_and_gradients_reach_every_part():
     assert set(aux) == {"consistency", "flow_init"} and float(aux["consistency"].detach()) > 0
     loss = out["flow"].abs().mean() + sum(aux.values())
     loss.backward()
-    for name in ("unet.enc1.0.0.weight", "unet.dec1.0.weight", "transformer.qkv.weight", "transport.log_epsilon",
-                 "refine1.fc1.weight", "fc.weight"):
+    for name in (
+        "unet.enc1.0.0.weight",
+        "unet.dec1.0.weight",
+        "transformer.qkv.weight",
+        "transport.log_epsilon",
+        "refine1.fc1.weight",
+        "fc.weight",
+    ):
         grad = dict(model.named_parameters())[name].grad
         assert grad is not None and float(grad.abs().sum()) > 0, name
 

@@ -49,7 +49,9 @@ def _macs_of_two_input_module(module, *inputs):
 
 
 def test_stvit_forward_and_token_counts_follow_config():
-    model = build_model("stvit", modality="image", num_classes=10, image_size=32, pool_size=2, num_global=4, stgm_at=2, depth=5)
+    model = build_model(
+        "stvit", modality="image", num_classes=10, image_size=32, pool_size=2, num_global=4, stgm_at=2, depth=5
+    )
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     assert len(model.image_blocks) == 2 and len(model.semantic_blocks) == 1 and model.stgm.num_tokens == 8
     shapes = []

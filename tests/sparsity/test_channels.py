@@ -63,27 +63,53 @@ def scene_pair():
 FAMILIES = {
     "mobilenet_v1": lambda: (image_model("mobilenet_v1", width_mult=0.25), torch.randn(4, 3, 16, 16), None),
     "mobilenet_v2": lambda: (image_model("mobilenet_v2", width_mult=0.35), torch.randn(4, 3, 16, 16), None),
-    "vit": lambda: (image_model("vit", patch_size=4, embed_dim=32, depth=2, num_heads=4), torch.randn(4, 3, 16, 16),
-                    None),
+    "vit": lambda: (
+        image_model("vit", patch_size=4, embed_dim=32, depth=2, num_heads=4),
+        torch.randn(4, 3, 16, 16),
+        None,
+    ),
     "stvit": lambda: (
         image_model("stvit", patch_size=4, embed_dim=32, depth=4, num_heads=4, stgm_at=1, pool_size=2, num_global=1),
-        torch.randn(4, 3, 16, 16), None,
+        torch.randn(4, 3, 16, 16),
+        None,
     ),
     # depths [1, 0]: residual blocks in stage 0, and a last stage whose channels fold into the head
     "e3dsnn": lambda: (
-        build_model("e3dsnn", modality="point_cloud", num_classes=5, in_chans=4, grid_size=16, embed_dim=8,
-                    channels=[8, 16], depths=[1, 0]),
-        clouds(), spike_silent,
+        build_model(
+            "e3dsnn",
+            modality="point_cloud",
+            num_classes=5,
+            in_chans=4,
+            grid_size=16,
+            embed_dim=8,
+            channels=[8, 16],
+            depths=[1, 0],
+        ),
+        clouds(),
+        spike_silent,
     ),
     "sctn": lambda: (
-        build_model("sctn", modality="point_cloud_pair", num_classes=0, num_points=128, channels=[8, 16, 16],
-                    voxel_size=0.25, graph_k=8, consistency_k=8, refine_width=8, num_heads=2),
-        scene_pair(), relu_silent,
+        build_model(
+            "sctn",
+            modality="point_cloud_pair",
+            num_classes=0,
+            num_points=128,
+            channels=[8, 16, 16],
+            voxel_size=0.25,
+            graph_k=8,
+            consistency_k=8,
+            refine_width=8,
+            num_heads=2,
+        ),
+        scene_pair(),
+        relu_silent,
     ),
     "delta_cnn": lambda: (
-        build_model("delta_cnn", modality="video", num_classes=5, image_size=16, in_chans=1, num_frames=4,
-                    channels=(4, 8, 8)),
-        torch.randn(2, 4, 1, 16, 16), delta_silent,
+        build_model(
+            "delta_cnn", modality="video", num_classes=5, image_size=16, in_chans=1, num_frames=4, channels=(4, 8, 8)
+        ),
+        torch.randn(2, 4, 1, 16, 16),
+        delta_silent,
     ),
 }
 

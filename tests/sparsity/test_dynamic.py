@@ -76,8 +76,15 @@ def test_budget_exact_and_grown_weights_reset_after_every_update(name, optimizer
     opt_cfg, keys = OPTIMIZERS[optimizer]
     checker = UpdateChecker(method, keys)
     task = ClassificationTask(model, 4, optimizer=opt_cfg, schedule="constant")
-    trainer = pl.Trainer(max_steps=12, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[method, checker])
+    trainer = pl.Trainer(
+        max_steps=12,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[method, checker],
+    )
     trainer.fit(task, loader())
     assert [h["step"] for h in method.history] == [2, 4, 6, 8, 10]
     assert checker.checked_updates == 5
@@ -91,8 +98,9 @@ def test_budget_exact_and_grown_weights_reset_after_every_update(name, optimizer
 def two_layer_method(name, **kwargs):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4))
-    method = build_method(name, sparsity=0.5, distribution="uniform", delta_t=1, alpha=0.5, alpha_schedule="constant",
-                          **kwargs)
+    method = build_method(
+        name, sparsity=0.5, distribution="uniform", delta_t=1, alpha=0.5, alpha_schedule="constant", **kwargs
+    )
     method.attach(model, seed=0)
     return model, method
 
@@ -163,7 +171,6 @@ def test_rigl_cosine_schedule_and_stop_at_three_quarters():
     assert dsl.is_update_step(900) and build_method("set").update_fraction(999) == 0.3
 
 
-
 @pytest.mark.parametrize("name,schedule", [("rigl", "cosine"), ("set", "constant"), ("dsl", "cosine")])
 def test_alpha_schedule_from_the_config_sets_the_update_fraction(name, schedule, make_cfg):
     options = OmegaConf.to_container(make_cfg(f"sparsity={name}").sparsity)
@@ -176,12 +183,14 @@ def test_alpha_schedule_from_the_config_sets_the_update_fraction(name, schedule,
     else:
         assert middle == pytest.approx((method.alpha + method.final_alpha) / 2)
     flipped = "constant" if schedule == "cosine" else "cosine"
-    other = METHODS.from_config(OmegaConf.to_container(make_cfg(f"sparsity={name}",
-                                                                f"sparsity.alpha_schedule={flipped}").sparsity))
+    other = METHODS.from_config(
+        OmegaConf.to_container(make_cfg(f"sparsity={name}", f"sparsity.alpha_schedule={flipped}").sparsity)
+    )
     other.total_steps = 1000
     assert other.update_fraction(other.end_step // 2) != pytest.approx(middle)
     with pytest.raises(UserError, match="sparsity.alpha_schedule 'linear'"):
         build_method(name, alpha_schedule="linear")
+
 
 # -- DDP: masks agree across ranks -----------------------------------------------------------
 
@@ -216,9 +225,11 @@ class GatherMasks(pl.Callback):
         weights = pl_module.all_gather(torch.cat([p.param.detach().reshape(-1) for p in self.method.params]))
         if trainer.global_rank == 0:
             same = bool(torch.equal(gathered[0], gathered[1]))
-            self.lines.append(f"{trainer.global_step} {int(same)} {self.method.history[-1]['changed']} "
-                              f"{int(not torch.equal(local_data[0], local_data[1]))} "
-                              f"{int(torch.equal(weights[0], weights[1]))}")
+            self.lines.append(
+                f"{trainer.global_step} {int(same)} {self.method.history[-1]['changed']} "
+                f"{int(not torch.equal(local_data[0], local_data[1]))} "
+                f"{int(torch.equal(weights[0], weights[1]))}"
+            )
             with open(self.path, "w") as f:
                 f.write("\n".join(self.lines))
 
@@ -237,9 +248,17 @@ def test_rigl_masks_bit_identical_across_ddp_ranks(tmp_path):
     method.attach(model, seed=0)
     out = tmp_path / "masks.txt"
     task = ClassificationTask(model, 4, optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9}, schedule="constant")
-    trainer = pl.Trainer(max_steps=6, accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[OwnCopies(method), method, GatherMasks(method, out)])
+    trainer = pl.Trainer(
+        max_steps=6,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[OwnCopies(method), method, GatherMasks(method, out)],
+    )
     try:
         trainer.fit(task, loader(n=192))
     finally:

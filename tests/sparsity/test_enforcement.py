@@ -25,8 +25,13 @@ def test_pruned_weights_stay_exactly_zero(optimizer):
     data = TensorDataset(torch.randn(64, 3, 16, 16), torch.randint(0, 4, (64,)))
     task = ClassificationTask(model, 4, optimizer=optimizer, schedule="constant")
     trainer = pl.Trainer(
-        max_steps=12, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[method],
+        max_steps=12,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[method],
     )
     trainer.fit(task, DataLoader(data, batch_size=16, shuffle=True))
     assert trainer.global_step == 12

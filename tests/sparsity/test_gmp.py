@@ -40,8 +40,15 @@ def test_prunes_on_schedule_with_exact_counts_and_pruned_weights_stay_pruned():
     g = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(96, 3, 16, 16, generator=g), torch.randint(0, 4, (96,), generator=g))
     task = ClassificationTask(model, 4, optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9}, schedule="constant")
-    trainer = pl.Trainer(max_steps=12, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[method, Watch()])
+    trainer = pl.Trainer(
+        max_steps=12,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[method, Watch()],
+    )
     trainer.fit(task, DataLoader(data, batch_size=16))
     assert (method.start_step, method.end_step) == (3, 9)
     assert [h["step"] for h in method.history] == [5, 7, 9]  # t0 (s_i = 0 prunes nothing), every 2, end

@@ -17,7 +17,17 @@ from sparse_lab.tasks.classification import ClassificationTask
 
 def small_vit():
     pl.seed_everything(0, verbose=False)
-    return build_model("vit", modality="image", num_classes=4, image_size=16, in_chans=3, patch_size=4, embed_dim=32, depth=2, num_heads=4)
+    return build_model(
+        "vit",
+        modality="image",
+        num_classes=4,
+        image_size=16,
+        in_chans=3,
+        patch_size=4,
+        embed_dim=32,
+        depth=2,
+        num_heads=4,
+    )
 
 
 @torch.no_grad()
@@ -52,7 +62,9 @@ def test_density_after_each_round_is_exact_and_masks_nest(scope):
         assert method.global_sparsity() == pytest.approx(method.target_sparsity(), abs=1e-12)
         if r and previous is not None:
             for name, mask in method.masks.items():
-                assert not torch.any(mask & ~previous.get(name, torch.ones_like(mask))), f"{name}: a pruned weight came back"
+                assert not torch.any(mask & ~previous.get(name, torch.ones_like(mask))), (
+                    f"{name}: a pruned weight came back"
+                )
         previous = {k: v.clone() for k, v in method.masks.items()}
         pretend_training(model, seed=r)
         method.apply_masks()
@@ -116,8 +128,15 @@ def test_rewind_to_step_and_fresh_optimizer_each_round():
             for name, value in model.state_dict().items():
                 mask = method.masks.get(name, torch.ones_like(value, dtype=torch.bool))
                 assert torch.equal(value[mask], recorder.saved[name][mask]), name
-        trainer = pl.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False,
-                             enable_progress_bar=False, enable_model_summary=False, callbacks=[method, recorder])
+        trainer = pl.Trainer(
+            max_steps=4,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[method, recorder],
+        )
         trainer.fit(task, data)
     assert len(recorder.starts) == 3
     assert len({s[0] for s in recorder.starts}) == 3, "each round builds its own optimizer"

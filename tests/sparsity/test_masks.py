@@ -1,6 +1,5 @@
 import pytest
 import torch
-from torch import nn
 
 from sparse_lab.errors import UserError
 from sparse_lab.models import build_model

@@ -128,8 +128,15 @@ def test_two_rounds_regularise_then_train_the_narrow_model():
     seen = Params()
     for r in range(method.rounds):
         method.begin_round(r, task)
-        trainer = pl.Trainer(max_steps=12, accelerator="cpu", logger=False, enable_checkpointing=False,
-                             enable_progress_bar=False, enable_model_summary=False, callbacks=[method, seen])
+        trainer = pl.Trainer(
+            max_steps=12,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[method, seen],
+        )
         trainer.fit(task, data)
         if r == 0:
             sel = method.selected_scales()
@@ -160,8 +167,13 @@ class UsersCNN(nn.Module):
     def __init__(self):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
-        self.body = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-                                  nn.Conv2d(16, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8))
+        self.body = nn.Sequential(
+            nn.Conv2d(8, 16, 3, padding=1, bias=False),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.Conv2d(16, 8, 3, padding=1, bias=False),
+            nn.BatchNorm2d(8),
+        )
         self.head = nn.Linear(8, 5)
 
     def forward(self, x):
@@ -212,8 +224,13 @@ def test_generic_path_ranks_and_regularises_coupled_scales_and_narrows_a_users_c
 def test_runs_on_sparse_conv_spiking_and_delta_models(model, make_cfg, tmp_path):
     from sparse_lab.experiment import run
 
-    cfg = make_cfg(f"model={model}", "sparsity=masksparsity", "trainer.limit_train_batches=2",
-                   "trainer.limit_val_batches=1", "trainer.limit_test_batches=1")
+    cfg = make_cfg(
+        f"model={model}",
+        "sparsity=masksparsity",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+    )
     results = run(cfg, tmp_path)
     stats = results["sparsity"]
     assert results["status"] == "completed" and stats["pruned"]

@@ -50,14 +50,27 @@ def test_snn_energy_agrees_with_the_target_energy_when_prices_are_overridden(mak
     # One test cloud: the spike statistics of the test pass and the target's profile (the first test
     # cloud) count the same input, so their energies agree when both use the run's prices.
     mac_pj, sop_pj = 100.0, 7.0
-    cfg = make_cfg("model=e3dsnn", "hardware=neuromorphic", f"hardware.energy_pj_per_mac={mac_pj}",
-                   f"hardware.energy_pj_per_sop={sop_pj}", "data.test_size=1")
+    cfg = make_cfg(
+        "model=e3dsnn",
+        "hardware=neuromorphic",
+        f"hardware.energy_pj_per_mac={mac_pj}",
+        f"hardware.energy_pj_per_sop={sop_pj}",
+        "data.test_size=1",
+    )
     m = run(cfg, tmp_path)["metrics"]
     assert m["snn/sops"] > 0 and m["snn/macs"] > 0 and 0 < m["snn/spike_rate"] < 1
     assert m["snn/energy_uJ"] == pytest.approx((mac_pj * m["snn/macs"] + sop_pj * m["snn/sops"]) * 1e-6, rel=1e-5)
     assert m["energy/uJ"] == pytest.approx((mac_pj * m["macs/target"] + sop_pj * m["sops/target"]) * 1e-6, rel=1e-5)
     assert m["snn/energy_uJ"] == pytest.approx(m["energy/uJ"], rel=1e-5)
     # The names logged before the move are all still there.
-    assert {"snn/sops_dense", "snn/macs_dense", "snn/firing_fraction", "macs/dense", "macs/effective",
-            "latency/ms", "params/total", "activations/spike_mean_zero_fraction"} <= set(m)
+    assert {
+        "snn/sops_dense",
+        "snn/macs_dense",
+        "snn/firing_fraction",
+        "macs/dense",
+        "macs/effective",
+        "latency/ms",
+        "params/total",
+        "activations/spike_mean_zero_fraction",
+    } <= set(m)
     assert any(key.startswith("snn/spike_rate/") for key in m)
