@@ -72,6 +72,7 @@ def only_run_dir(root: Path) -> Path:
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_train_end_to_end_through_the_cli(tmp_path):
     result = run_cli("train", "trainer=fast", "logger=wandb", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -108,6 +109,7 @@ def test_train_end_to_end_through_the_cli(tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_multirun_sweep_writes_one_dir_per_job(tmp_path):
     result = run_cli(
         "train",

@@ -37,6 +37,7 @@ def test_readme_example_names_a_model_a_dataset_a_method_and_a_target():
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_readme_plugin_example_runs_as_written(tmp_path):
     files, commands = readme_example()
     for path, text in files.items():

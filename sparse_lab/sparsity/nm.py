@@ -30,6 +30,7 @@ from sparse_lab.errors import UserError, check_range
 from sparse_lab.sparsity import METHODS
 from sparse_lab.sparsity.base import SparsityMethod, log_densities
 from sparse_lab.sparsity.prunable import PrunableParam
+from sparse_lab.spconv_layout import input_channel_dim
 
 # Up to this M the mask is ranked with M(M-1)/2 pairwise comparisons on a strided view (exact, ties to
 # the lower index); larger M falls back to topk.
@@ -37,8 +38,11 @@ PAIRWISE_MAX_M = 8
 
 
 def input_last(module: nn.Module) -> bool:
-    """spconv keeps a sparse convolution's weight as [C_out, kD, kH, kW, C_in]: input channels last."""
-    return type(module).__module__.startswith("spconv.")
+    """Whether the weight keeps input channels last (spconv's [C_out, kD, kH, kW, C_in]) rather than on axis 1."""
+    dim = input_channel_dim(module)
+    if dim not in (1, -1):
+        raise ValueError(f"N:M groups need input channels on axis 1 or last; {type(module).__name__} has them on {dim}")
+    return dim == -1
 
 
 def input_size(weight: torch.Tensor, last: bool = False) -> int:

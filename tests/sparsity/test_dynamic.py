@@ -237,6 +237,7 @@ class GatherMasks(pl.Callback):
         self.last_x_sum = batch[0].sum().reshape(1)
 
 
+@pytest.mark.slow
 def test_rigl_masks_bit_identical_across_ddp_ranks(tmp_path):
     # Spawned workers receive the model through shared memory; the default file-descriptor strategy
     # failed here with "unable to resize file" under load.
