@@ -23,6 +23,7 @@ from sparse_lab.loggers import build_loggers, finish, log_final
 from sparse_lab.measure import ActivationSparsity, SpikeStats
 from sparse_lab.model_summary import ModelSummaryWithoutFlops
 from sparse_lab.models import model_from_config
+from sparse_lab.protocols import DataInfo, ExampleInput
 from sparse_lab.results import RunResults
 from sparse_lab.sparsity import METHODS
 from sparse_lab.summary import print_summary
@@ -80,6 +81,17 @@ def build_trainer(cfg: DictConfig, accelerator: str, callbacks: list, loggers: l
         raise UserError(f"trainer: {exc}") from None
 
 
+def check_datamodule(datamodule) -> DataInfo:
+    """A datamodule's ``info``, after checking it declares what a run reads (a plug-in may not)."""
+    info = getattr(datamodule, "info", None)
+    if not isinstance(info, DataInfo) or not isinstance(datamodule, ExampleInput):
+        raise UserError(
+            f"dataset {type(datamodule).__name__} must have `info` (a sparse_lab.protocols.DataInfo) and an "
+            "`example_input()` method (one sample of batch size 1)"
+        )
+    return info
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Train and evaluate one configuration; return the results dictionary (also in results.json)."""
     run_dir = Path(run_dir)
@@ -91,7 +103,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         method = METHODS.from_config(options(cfg.sparsity))
         target = TARGETS.from_config(options(cfg.hardware))
         datamodule = DATASETS.from_config(options(cfg.data))
-        info = datamodule.info
+        info = check_datamodule(datamodule)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         model_options = options(cfg.model, drop=("optim",))
         model = model_from_config(model_options, info)

@@ -13,7 +13,7 @@ names. Nothing here is required: each protocol says what happens without it.
 | ``ActivationReport``  | any module             | ``measure.activations`` / ``measure.sops``    |
 | ``SpikeInput``        | a weight layer         | ``measure.sops`` (SOPs instead of MACs)       |
 | ``AuxiliaryLosses``   | a model                | ``tasks`` (terms added to the task's loss)    |
-| ``ExampleInput``      | a datamodule or model  | measurement (MACs, latency) and channel search|
+| ``ExampleInput``      | a datamodule           | measurement (MACs, latency) and channel search|
 | ``InputModality``     | a model constructor    | the experiment (model / data mismatch)        |
 """
 
@@ -114,8 +114,8 @@ class AuxiliaryLosses(Protocol):
 
 @runtime_checkable
 class ExampleInput(Protocol):
-    """One input of batch size 1 on the CPU, for counting MACs and measuring latency. Datamodules
-    provide it; a model may too (then it can be measured without data)."""
+    """One input of batch size 1 on the CPU, for counting MACs, measuring latency and tracing the model
+    (the generic channel-group path). Every datamodule provides it."""
 
     def example_input(self) -> Any: ...
 

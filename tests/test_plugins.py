@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from sparse_lab.errors import UserError
+from sparse_lab.experiment import run
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 COMMANDS_MARKER = "<!-- plug-in commands"
 
@@ -70,3 +73,13 @@ def test_readme_plugin_example_runs_as_written(tmp_path):
     narrowed = runs["masksparsity"]
     assert narrowed["metrics"]["params/total"] < mine["params/total"]  # channels physically removed
     assert narrowed["metrics"]["macs/dense"] < mine["macs/dense"]
+
+
+def test_a_plugin_dataset_without_info_is_one_clear_error(tmp_path, make_cfg, monkeypatch):
+    (tmp_path / "bare_data.py").write_text(
+        "import pytorch_lightning as pl\n\nclass Bare(pl.LightningDataModule):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = make_cfg("+data._target_=bare_data.Bare", "~data.name")
+    with pytest.raises(UserError, match="must have `info`"):
+        run(cfg, tmp_path / "run")

@@ -26,7 +26,7 @@ block per stage: 1.87M parameters with 40 classes, as E-3DSNN-T); ``small`` (def
 
 from __future__ import annotations
 
-import spconv.pytorch as sp  # noqa: E402
+import spconv.pytorch as sp
 import torch
 from torch import nn
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 
-import spconv.pytorch as sp  # noqa: E402
+import spconv.pytorch as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
