@@ -118,8 +118,8 @@ def main():
     assert n_sparse == n_dense + 0, (n_sparse, n_dense)  # same weights, only the convolution differs
 
     one = voxelize(points[:1], args.voxel_size)
-    macs_sparse = sum(r.dense for r in count_macs(sparse, one))
-    macs_dense = sum(r.dense for r in count_macs(dense, densify(one)))
+    macs_sparse = count_macs(sparse, one).dense
+    macs_dense = count_macs(dense, densify(one)).dense
     occupancy = len(sparse_in.coords) / (args.batch * g**3)
 
     sparse_ms = step_ms(sparse, sparse_in, labels, args.repeats)

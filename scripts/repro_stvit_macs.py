@@ -3,7 +3,7 @@
     .venv/bin/python scripts/repro_stvit_macs.py
 
 Prints a markdown table (docs/results.md holds its output). MACs are counted by sparse_lab's
-counter: convolutions, linears and both attention matmuls (self- and cross-attention).
+operator-level counter: convolutions, linears and both attention matmuls (self- and cross-attention).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ PAPER_REDUCTION = "≈ 58%"  # Chang et al., CVPR 2023: STViT on DeiT-T/S/B, abo
 
 def macs_and_params(name: str, preset: str) -> tuple[int, int]:
     model = build_model(name, modality="image", num_classes=1000, image_size=224, preset=preset)
-    macs = sum(r.dense for r in count_macs(model, torch.zeros(1, 3, 224, 224)))
+    macs = count_macs(model, torch.zeros(1, 3, 224, 224)).dense
     return macs, parameter_counts(model)[0]
 
 

@@ -19,6 +19,12 @@ commands:
                       -m/--multirun  sweep: sparse-lab train -m model=vit,mobilenet_v2 seed=0,1
                       --cfg job      print the composed config and exit
                       --help         Hydra's help for the train command
+  profile [overrides] [--json]
+                      per-layer MACs (dense, effective, on the target), energy and parameters of
+                      a model without training: sparse-lab profile model=vit model.preset=vit_b16
+                      data.image_size=224 data.num_classes=1000 hardware=ampere_2to4
+  profile run=<run dir> [hardware=<target>] [--json]
+                      the same for a trained run's deployed model, on any target
   list [hydra.searchpath=[file://DIR]]
                       every config group with its options and what each one is
                       (with your own config folder's options too)
@@ -47,7 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if command == "train":
         return train(rest)
-    print(f"error: unknown command {command!r}; choose one of: train, list (see sparse-lab --help)", file=sys.stderr)
+    if command == "profile":
+        return profile(rest)
+    print(
+        f"error: unknown command {command!r}; choose one of: train, profile, list (see sparse-lab --help)",
+        file=sys.stderr,
+    )
     return 2
 
 
@@ -97,6 +108,29 @@ def train(overrides: list[str]) -> int:
     if failed_jobs:
         print(f"error: {len(failed_jobs)} sweep job(s) failed: {failed_jobs}", file=sys.stderr)
         return 2
+    return 0
+
+
+def profile(args: list[str]) -> int:
+    from sparse_lab.catalog import check_group_choices
+    from sparse_lab.errors import UserError
+
+    as_json = "--json" in args
+    overrides = [a for a in args if a != "--json"]
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        check_group_choices(CONFIG_DIR, overrides)
+        from sparse_lab.logs import quiet_third_party_logs
+        from sparse_lab.profile import format_profile, profile, to_json
+
+        quiet_third_party_logs()
+        result = profile(CONFIG_DIR, overrides)
+    except (UserError, HydraException, OmegaConfBaseException) as exc:
+        return fail(exc)
+    print(to_json(result) if as_json else format_profile(result).rstrip("\n"))
     return 0
 
 

@@ -6,6 +6,7 @@ the directory) and in tests (any temporary directory).
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from pathlib import Path
@@ -19,6 +20,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from sparse_lab.data import DATASETS
 from sparse_lab.errors import UserError
 from sparse_lab.hardware import TARGETS
+from sparse_lab.hardware.deploy import deploy_and_time
 from sparse_lab.loggers import build_loggers, finish, log_final
 from sparse_lab.measure import ActivationSparsity, SpikeStats
 from sparse_lab.model_summary import ModelSummaryWithoutFlops
@@ -107,6 +109,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         model_options = options(cfg.model, drop=("optim",))
         model = model_from_config(model_options, info)
+        dense_reference = copy.deepcopy(model)  # timed against the deployed model: as built, before attach
         method.attach(model, seed=cfg.seed, example_input=datamodule.example_input())
         task = build_task(info, model, options(cfg.model.optim) if "optim" in cfg.model else {})
         loggers = build_loggers(cfg, run_dir, run_name=run_dir.name)
@@ -130,6 +133,18 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         model.cpu()  # final_model.pt loads anywhere
         metrics = {**test, **method.summary(), **activations.summary(), **hw_metrics}
         torch.save(model.state_dict(), run_dir / "final_model.pt")
+        reference_macs = target.profile(dense_reference.eval().to(target.device), example)[0]["macs/dense"]
+        deployed_metrics, deployed = deploy_and_time(
+            model,
+            dense_reference,
+            example,
+            run_dir / "deployed.pt2",
+            device=target.device,
+            batch_size=getattr(datamodule, "batch_size", None),
+            reference_macs=reference_macs,
+            target_macs=hw_metrics["macs/target"],
+        )
+        metrics.update(deployed_metrics)
         log_final(loggers, metrics, step=trainer.global_step)
         results.update(
             metrics=metrics,
@@ -137,6 +152,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             layers=method.layer_table(),
             macs_by_layer=macs_table,
             activations_by_layer=activations.table(),
+            deployed=deployed,
         )
         results.finish("completed")
         print_summary(cfg, results.data)

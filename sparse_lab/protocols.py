@@ -9,7 +9,7 @@ names. Nothing here is required: each protocol says what happens without it.
 |-----------------------|------------------------|-----------------------------------------------|
 | ``DenseLayers``       | a model                | ``sparsity.prunable`` (layers kept dense)     |
 | ``ChannelGroups``     | any module of a model  | ``sparsity.channels`` (structured pruning)    |
-| ``ExtraMacs``         | any module             | ``measure.macs`` (fused ops' MACs)            |
+| ``ExtraMacs``         | any module             | ``measure.macs`` (MACs of non-aten kernels)   |
 | ``ActivationReport``  | any module             | ``measure.activations`` / ``measure.sops``    |
 | ``SpikeInput``        | a weight layer         | ``measure.sops`` (SOPs instead of MACs)       |
 | ``AuxiliaryLosses``   | a model                | ``tasks`` (terms added to the task's loss)    |
@@ -79,8 +79,9 @@ class ChannelGroups(Protocol):
 
 @runtime_checkable
 class ExtraMacs(Protocol):
-    """A module whose own computation (not its child layers') has multiply-accumulates, e.g. the
-    attention matmuls inside a fused ``scaled_dot_product_attention``: MACs per sample of one call."""
+    """A module whose multiply-accumulates are not visible as aten operators (a custom kernel, an
+    extension op): MACs per sample of one call. Everything aten runs, fused attention included, is
+    counted at the operator level without it."""
 
     def extra_macs(self, inputs: tuple[Any, ...], output: Any) -> int: ...
 

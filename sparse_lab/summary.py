@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
@@ -24,9 +26,29 @@ ROWS = [
     ("energy estimate (uJ)", "energy/uJ", "{:.2f}"),
     ("params (total / nonzero)", ("params/total", "params/nonzero"), "{:,} / {:,}"),
     ("latency, batch 1 (ms)", "latency/ms", "{:.2f}"),
+    ("latency dense / deployed, batch 1 (ms)", ("latency/dense_ms", "latency/deployed_ms"), "{:.2f} / {:.2f}"),
+    (
+        "speed-up measured / by MACs (realised), batch 1",
+        ("speedup/measured", "speedup/macs", "speedup/realised"),
+        "{:.2f}x / {:.2f}x ({:.0%})",
+    ),
     ("zero activations (mean over layers)", "activations/mean_zero_fraction", "{:.1%}"),
     ("zero deltas, temporal (mean over layers)", "activations/temporal_mean_zero_fraction", "{:.1%}"),
 ]
+
+
+def batch_rows(metrics: dict) -> list[tuple]:
+    """The latency rows at the data's batch size (its keys end in ``_b<size>``)."""
+    rows = []
+    for key in sorted(k for k in metrics if re.fullmatch(r"latency/dense_ms_b\d+", k)):
+        suffix = key.rsplit("_", 1)[1]
+        size = suffix[1:]
+        rows.append(
+            (f"latency dense / deployed, batch {size} (ms)", (key, f"latency/deployed_ms_{suffix}"), "{:.2f} / {:.2f}")
+        )
+        speedup = (f"speedup/measured_{suffix}", "speedup/macs", f"speedup/realised_{suffix}")
+        rows.append((f"speed-up measured / by MACs (realised), batch {size}", speedup, "{:.2f}x / {:.2f}x ({:.0%})"))
+    return rows
 
 
 def print_summary(cfg: DictConfig, results: dict) -> None:
@@ -35,10 +57,14 @@ def print_summary(cfg: DictConfig, results: dict) -> None:
     table = Table(title=title, show_header=False)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for label, keys, fmt in ROWS:
+    for label, keys, fmt in ROWS + batch_rows(metrics):
         keys = keys if isinstance(keys, tuple) else (keys,)
         if all(k in metrics for k in keys):
             table.add_row(label, fmt.format(*(metrics[k] for k in keys)))
+    deployed = results.get("deployed")
+    if deployed:
+        status = deployed["status"] + (f": {deployed['reason']}" if deployed.get("reason") else "")
+        table.add_row("deployed program", status)
     console = Console()
     console.print(table)
     console.print(f"results: {results['run_dir']}/results.json", soft_wrap=True)

@@ -3,8 +3,9 @@
 Energy = E_MAC x MACs (layers reading real values: the encoding layer, a classifier on pooled values)
 + E_SOP x SOPs (layers reading spikes), both prices from ``configs/hardware/neuromorphic.yaml``.
 Zero weights are skipped (a pruned synapse is absent on neuromorphic hardware), so ``macs/target`` is
-the effective MAC count of the real-valued layers. A model without spiking layers is all MACs: the
-estimate then equals the ``ideal`` target's. Runs on the CPU.
+the effective MAC count of the real-valued layers (``executed_macs``: 0 for a layer reading spikes).
+A model without spiking layers is all MACs: the estimate then equals the ``ideal`` target's. Runs on
+the CPU.
 """
 
 from __future__ import annotations
@@ -14,13 +15,19 @@ from torch import nn
 
 from sparse_lab.hardware.targets import TARGETS, HardwareTarget
 from sparse_lab.measure import SpikeCounter
+from sparse_lab.protocols import SpikeInput
 
 
 @TARGETS.register("neuromorphic")
 class NeuromorphicTarget(HardwareTarget):
     """Spiking layers cost SOPs, real-valued layers MACs; zero weights skipped."""
 
-    skips_zero_weights = True
+    def executed_macs(self, row) -> int:
+        """A layer reading spikes executes no MAC (it accumulates: SOPs, counted by ``SpikeCounter``);
+        the other layers skip their zero weights. Same rule as ``SpikeCounter``'s."""
+        if isinstance(row.module, SpikeInput) and bool(row.module.spike_input):
+            return 0
+        return row.effective
 
     def profile(self, model: nn.Module, example_input) -> tuple[dict, list[dict]]:
         metrics, table = super().profile(model, example_input)

@@ -1,8 +1,10 @@
 """Hardware targets: which sparsity a target's kernels exploit and what an operation costs.
 
-A target also picks the Lightning accelerator. Its profile of a trained model reports dense MACs,
-effective MACs (every zero weight skipped), the MACs the target actually executes, an energy
-estimate from those, parameters, and the measured latency on the machine the run uses.
+A target also picks the Lightning accelerator. ``executed_macs(row)`` is its cost model: the MACs its
+kernels execute for one row of the MAC counter (``sparse_lab.measure.count_macs``); a sparsity pattern
+the target's kernels cannot exploit counts dense. Its profile of a trained model reports dense MACs,
+effective MACs (every zero weight skipped), the MACs the target executes, an energy estimate from
+those, parameters, and the measured latency on the machine the run uses.
 
 Energy constants are not written here: each target's config (``configs/hardware/<name>.yaml``) gives
 them with their source, so an override such as ``hardware.energy_pj_per_mac=...`` reaches every figure
@@ -22,7 +24,7 @@ from sparse_lab.registry import Registry
 
 class HardwareTarget:
     accelerator = "cpu"  # the Lightning accelerator: "cpu" | "gpu"
-    skips_zero_weights = False  # True: kernels skip every zero weight (unstructured sparsity)
+    skips_zero_weights = False  # True: kernels skip every zero weight (unstructured sparsity), see executed_macs
 
     def __init__(self, *, energy_pj_per_mac: float | None = None, energy_pj_per_sop: float | None = None):
         # No price is built in: a config without one (a target of your own, a `~hardware.…` override) says so.
@@ -50,24 +52,25 @@ class HardwareTarget:
         """Energy in µJ of ``macs`` multiply-accumulates and ``sops`` synaptic operations at this target's prices."""
         return (self.energy_pj_per_mac * macs + self.energy_pj_per_sop * sops) * 1e-6
 
+    def executed_macs(self, row) -> int:
+        """MACs this target executes for one counted layer (a ``LayerMacs`` row): dense kernels execute
+        every MAC; a target whose kernels skip every zero weight executes the effective ones."""
+        return row.effective if self.skips_zero_weights else row.dense
+
     def profile(self, model: nn.Module, example_input) -> tuple[dict, list[dict]]:
         """Summary metrics and a per-layer MAC table of ``model`` for one sample."""
-        layers = count_macs(model, example_input)
-        dense = sum(r.dense for r in layers)
-        effective = sum(r.effective for r in layers)
-        on_target = effective if self.skips_zero_weights else dense
+        count = count_macs(model, example_input, executed=self.executed_macs)
         total, nonzero = parameter_counts(model)
         metrics = {
-            "macs/dense": dense,
-            "macs/effective": effective,
-            "macs/target": on_target,
-            "energy/uJ": self.energy_uj(on_target),
+            "macs/dense": count.dense,
+            "macs/effective": count.effective,
+            "macs/target": count.target,
+            "energy/uJ": self.energy_uj(count.target),
             "params/total": total,
             "params/nonzero": nonzero,
             "latency/ms": measure_latency_ms(model, example_input),
         }
-        table = [dict(name=r.name, kind=r.kind, macs_dense=r.dense, macs_effective=r.effective) for r in layers]
-        return metrics, table
+        return metrics, count.table()
 
 
 TARGETS: Registry[HardwareTarget] = Registry("hardware target")
@@ -87,7 +90,7 @@ class IdealTarget(HardwareTarget):
 
 @TARGETS.register("cuda")
 class CudaTarget(HardwareTarget):
-    """Dense kernels on an NVIDIA GPU: trains and measures latency there."""
+    """Dense kernels on an NVIDIA GPU: trains and measures latency there (cuBLAS / cuDNN skip no zero)."""
 
     accelerator = "gpu"
 

@@ -30,8 +30,6 @@ layers the prunable rule keeps dense (``input_layer_names`` / ``output_layer_nam
 
 from __future__ import annotations
 
-import math
-
 import spconv.pytorch as sp
 import torch
 import torch.nn.functional as F
@@ -240,11 +238,6 @@ class PointTransformer(nn.Module):
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2]).transpose(1, 2).reshape(*lead, n, d)
         return feats + self.proj(out)
 
-    def extra_macs(self, inputs, output) -> int:
-        """Q·Kᵀ and A·V (N·N·D each) for every cloud of one sample (a sample is [2, N, D]: both frames)."""
-        *lead, n, d = output[0].shape
-        return math.prod(lead) * 2 * n * n * d
-
 
 class OptimalTransport(nn.Module):
     """Sinkhorn with learned entropic (ε) and mass (γ) regularisation, as in SCTN's reference code."""
@@ -258,12 +251,6 @@ class OptimalTransport(nn.Module):
     def forward(self, feats1, feats2, pc1, pc2) -> torch.Tensor:
         epsilon = torch.exp(self.log_epsilon) + 0.025
         return sinkhorn(feats1, feats2, pc1, pc2, epsilon, torch.exp(self.log_gamma), self.nb_iter, self.max_distance)
-
-    def extra_macs(self, inputs, output) -> int:
-        """Cost matrix (N·M·C), Sinkhorn (2·N·M per iteration), plan·pc2 (3·N·M), per pair."""
-        b, n, m = output.shape
-        c = inputs[0].shape[-1]
-        return b * n * m * (c + 2 * self.nb_iter + 3)
 
 
 class InstanceNorm(nn.Module):

@@ -80,10 +80,6 @@ class CrossAttention(nn.Module):
             x = x * self.gate.view(1, -1, 1, 1)
         return self.proj(x.transpose(1, 2).reshape(b, nq, h * hd))
 
-    def extra_macs(self, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
-        """Q·Kᵀ and A·V per sample: each N_q·N_k·(heads·head_dim)."""
-        return 2 * inputs[0].shape[1] * inputs[1].shape[1] * self.num_heads * self.head_dim
-
     def channel_groups(self, prefix: str, add_gates: bool) -> list[ChannelGroup]:
         """The heads, gated (``protocols.ChannelGroups``): a head is its rows of ``q``, its k and v rows of
         ``kv`` and its columns of ``proj``. A gate at zero removes a head exactly; at removal the kept gates

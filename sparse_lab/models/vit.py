@@ -2,7 +2,7 @@
 
 Attention is written out (one ``qkv`` Linear, one ``proj`` Linear, fused scaled-dot-product
 attention) rather than ``nn.MultiheadAttention``: every weight is then an ordinary Linear weight that
-masks can cover, and the attention matmuls are counted by ``Attention.extra_macs``.
+masks can cover (the MAC counter sees the fused attention op and counts its matmuls).
 """
 
 from __future__ import annotations
@@ -63,11 +63,6 @@ class Attention(nn.Module):
         if self.gate is not None:
             x = x * self.gate.view(1, -1, 1, 1)
         return self.proj(x.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
-
-    def extra_macs(self, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
-        """MACs of the two attention matmuls per sample: Q·Kᵀ and A·V, each N·N·(heads·head_dim)."""
-        n = inputs[0].shape[1]
-        return 2 * n * n * self.num_heads * self.head_dim
 
     def channel_groups(self, prefix: str, add_gates: bool) -> list[ChannelGroup]:
         """The heads, gated (``protocols.ChannelGroups``): a head is its q, k, v rows of ``qkv`` and its

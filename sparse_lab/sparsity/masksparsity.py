@@ -211,7 +211,7 @@ class MaskSparsity(SparsityMethod):
         macs_per_channel = total = None
         if example is not None:
             self._example = example
-            rows = {r.name: r.dense for r in count_macs(model, example)}
+            rows = count_macs(model, example).by_name()
             total = sum(rows.values())
             macs_per_channel = [sum(rows.get(n, 0) for n in g.layers) / g.size for g in self.groups]
             self.stats["macs_before"] = total
@@ -296,7 +296,7 @@ class MaskSparsity(SparsityMethod):
             g.keep(complement(self.selected[g.name], g.size))
         self.stats["params_after"] = parameter_counts(narrow)[0]
         if self._example is not None:
-            self.stats["macs_after"] = sum(r.dense for r in count_macs(narrow, self._on_model(self._example, narrow)))
+            self.stats["macs_after"] = count_macs(narrow, self._on_model(self._example, narrow)).dense
         self.stats["channels_after"] = {
             kind: n - sum(len(self.selected[g.name]) for g in self.groups if g.kind == kind)
             for kind, n in self.stats["channels_before"].items()

@@ -31,9 +31,13 @@ def test_hand_built_case():
     #   2x2x2 stride 2: every input lands in exactly one output cell  -> 3 pairs
     x = tensor([[0, 0, 0, 0], [0, 0, 0, 1], [0, 3, 3, 3]])
     net = Net()
-    rows = {r.name: r for r in count_macs(net, x)}
+    count = count_macs(net, x)
+    rows = {r.name: r for r in count.layers}
     assert rows["subm"].dense == 5 * 2 * 3
     assert rows["down"].dense == 3 * 3 * 5
+    assert [(r.name, r.kind) for r in count.layers] == [("subm", "sparse_conv"), ("down", "sparse_conv")]
+    assert count.dense == 5 * 2 * 3 + 3 * 3 * 5  # spconv's own aten ops (its implementation) are not counted again
+    assert rows["subm"].weight is net.subm.weight
     assert rows["subm"].effective == rows["subm"].dense  # random init: no zero weights
 
 
@@ -44,7 +48,7 @@ def test_effective_macs_skip_zero_weights_per_offset():
         net.subm.weight.zero_()
         net.subm.weight[:, 1, 1, 1, :] = 1.0  # only the centre offset (every site's self pair): 3 pairs
         net.subm.weight[0, 1, 1, 2, 0] = 1.0  # offset (0, 0, +1): one pair (a reads b), one weight
-    rows = {r.name: r for r in count_macs(net, x)}
+    rows = {r.name: r for r in count_macs(net, x).layers}
     assert rows["subm"].dense == 5 * 2 * 3
     assert rows["subm"].effective == 3 * (2 * 3) + 1 * 1
 

@@ -116,7 +116,7 @@ def test_attention_macs_count_both_frames_of_a_sample():
     from sparse_lab.measure import count_macs
 
     model = small_sctn()
-    rows = {r.name: r.dense for r in count_macs(model, pair(b=1))}
+    rows = count_macs(model, pair(b=1)).by_name()
     n, d = 128, 8
     assert rows["transformer"] == 2 * (2 * n * n * d)  # two frames, Q·Kᵀ and A·V each
     assert rows["transformer.qkv"] == 2 * n * d * 3 * d  # the Linear sees both frames of the sample

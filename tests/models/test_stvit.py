@@ -29,8 +29,7 @@ def test_cross_attention_matches_reference_math_and_counts_its_macs():
     ref = torch.softmax(q @ k.transpose(-1, -2) / 2.0, dim=-1) @ v
     torch.testing.assert_close(attn(queries, context), attn.proj(ref.transpose(1, 2).reshape(1, 3, 8)))
     # q: 3*8*8=192, kv: 5*8*16=640, Q.K^T and A.V: 2*3*5*8=240, proj: 3*8*8=192.
-    rows = {r.name: r.dense for r in _macs_of_two_input_module(attn, queries, context)}
-    assert rows == {"": 240, "q": 192, "kv": 640, "proj": 192}
+    assert _macs_of_two_input_module(attn, queries, context) == {"": 240, "q": 192, "kv": 640, "proj": 192}
 
 
 def _macs_of_two_input_module(module, *inputs):
@@ -42,10 +41,8 @@ def _macs_of_two_input_module(module, *inputs):
         def forward(self, x):
             return self.m(*inputs)
 
-    rows = count_macs(Wrap(), torch.zeros(1))
-    for r in rows:
-        r.name = r.name.removeprefix("m").removeprefix(".")
-    return rows
+    macs = count_macs(Wrap(), torch.zeros(1)).by_name()
+    return {name.removeprefix("m").removeprefix("."): n for name, n in macs.items()}
 
 
 def test_stvit_forward_and_token_counts_follow_config():
@@ -66,6 +63,6 @@ def test_stvit_s16_cuts_deit_s_macs_as_the_paper_reports():
     # Chang et al. 2023: STViT on DeiT-S ~58% fewer FLOPs than DeiT-S, same parameters. Our ViT-S/16
     # counts 4.599 GMACs and 22.05M parameters (tests/measure/test_macs.py checks it).
     stvit = build_model("stvit", modality="image", num_classes=1000, image_size=224, preset="stvit_s16")
-    st_macs = sum(r.dense for r in count_macs(stvit, torch.zeros(1, 3, 224, 224)))
+    st_macs = count_macs(stvit, torch.zeros(1, 3, 224, 224)).dense
     assert 0.55 <= 1 - st_macs / 4.599e9 <= 0.62
     assert abs(parameter_counts(stvit)[0] - 22.05e6) < 0.05e6

@@ -1,0 +1,43 @@
+"""`sparse-lab profile`: a model's per-layer cost on a target, without training."""
+
+import json
+
+import pytest
+
+from sparse_lab.cli import CONFIG_DIR
+from sparse_lab.errors import UserError
+from sparse_lab.profile import profile
+from tests.conftest import run_cli
+
+
+def test_vit_b16_at_224_is_17_56_gmacs():
+    result = profile(CONFIG_DIR, ["model=vit", "model.preset=vit_b16", "data.image_size=224", "data.num_classes=1000"])
+    assert result["macs/dense"] == pytest.approx(17.56e9, rel=2e-3)
+    assert result["params/total"] == 86_567_656  # timm's vit_base_patch16_224
+    assert sum(row["macs_dense"] for row in result["layers"]) == result["macs/dense"]
+
+
+def test_the_target_decides_what_the_initial_masks_save():
+    on_cpu = profile(CONFIG_DIR, ["sparsity=random", "hardware=cpu"])
+    on_ideal = profile(CONFIG_DIR, ["sparsity=random", "hardware=ideal"])
+    assert on_cpu["macs/dense"] == on_ideal["macs/dense"] == on_cpu["macs/target"]
+    assert on_ideal["macs/target"] == on_ideal["macs/effective"] < 0.5 * on_ideal["macs/dense"]  # 80% ERK
+    assert on_ideal["energy/uJ"] == pytest.approx(on_ideal["macs/target"] * 4.6e-6)
+
+
+def test_a_missing_or_foreign_run_folder_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="no results.json"):
+        profile(CONFIG_DIR, [f"run={tmp_path}"])
+    (tmp_path / "results.json").write_text("not json")
+    with pytest.raises(UserError, match="not a sparse-lab results file"):
+        profile(CONFIG_DIR, [f"run={tmp_path}"])
+
+
+@pytest.mark.e2e
+def test_cli_prints_json_and_rejects_a_bad_option_in_one_line(tmp_path):
+    done = run_cli("profile", "model=mobilenet_v2", "hardware=ideal", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["hardware"] == "ideal" and result["macs/dense"] == 7_837_440
+    bad = run_cli("profile", "hardware=tpu", cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown hardware 'tpu'" in bad.stderr
