@@ -83,10 +83,11 @@ def train(overrides: list[str]) -> int:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
-        from sparse_lab.experiment import run
         from sparse_lab.logs import quiet_third_party_logs
 
-        quiet_third_party_logs()
+        quiet_third_party_logs()  # before the heavy imports: some log on import
+        from sparse_lab.experiment import run
+
         hydra_cfg = HydraConfig.get()
         try:
             run(cfg, Path(hydra_cfg.runtime.output_dir))

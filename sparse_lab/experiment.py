@@ -22,7 +22,7 @@ from sparse_lab.errors import UserError
 from sparse_lab.hardware import TARGETS
 from sparse_lab.hardware.deploy import deploy_and_time
 from sparse_lab.loggers import build_loggers, finish, log_final
-from sparse_lab.measure import ActivationSparsity, SpikeStats
+from sparse_lab.measure import ActivationSparsity, SpikeStats, count_macs
 from sparse_lab.model_summary import ModelSummaryWithoutFlops
 from sparse_lab.models import model_from_config
 from sparse_lab.protocols import DataInfo, ExampleInput
@@ -133,7 +133,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         model.cpu()  # final_model.pt loads anywhere
         metrics = {**test, **method.summary(), **activations.summary(), **hw_metrics}
         torch.save(model.state_dict(), run_dir / "final_model.pt")
-        reference_macs = target.profile(dense_reference.eval().to(target.device), example)[0]["macs/dense"]
+        reference_macs = count_macs(dense_reference.to(target.device), example).dense
         deployed_metrics, deployed = deploy_and_time(
             model,
             dense_reference,
@@ -143,6 +143,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             batch_size=getattr(datamodule, "batch_size", None),
             reference_macs=reference_macs,
             target_macs=hw_metrics["macs/target"],
+            export=cfg.deploy.export,
+            measure=cfg.deploy.latency,
         )
         metrics.update(deployed_metrics)
         log_final(loggers, metrics, step=trainer.global_step)

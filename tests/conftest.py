@@ -36,7 +36,10 @@ def make_cfg():
 
     def _make(*overrides: str):
         with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-            return compose("config", overrides=["trainer=fast", "logger=none", *overrides])
+            # Exporting and timing the deployed model cost seconds a run: their own tests switch them on
+            # (tests/hardware/test_deploy.py exports every model family).
+            overrides = ["trainer=fast", "logger=none", "deploy.export=false", "deploy.latency=false", *overrides]
+            return compose("config", overrides=overrides)
 
     return _make
 

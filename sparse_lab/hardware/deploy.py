@@ -17,12 +17,14 @@
    than dense by choice.
 3. **Export** (``export_program``): ``torch.export.export`` with a dynamic batch dimension, saved with
    ``torch.export.save``, loaded back and checked against the inference copy's output.
-4. **Fallbacks**: ``torch.export`` traces a CSR weight only with static shapes, and ``torch.export.save``
-   cannot store it (the pt2 archive asks every weight for ``is_contiguous``, which sparse CSR tensors do
-   not have; measured with torch 2.14). A layer whose sparse kernel cannot be exported goes back to dense
-   with that reason in the record. A model ``torch.export`` cannot trace at all (spconv's sparse
-   convolutions are not aten operators) is recorded as ``{"status": "not exported", "reason": ...}`` and
-   the run goes on.
+4. **Fallbacks**: ``torch.export`` traces a CSR weight only with static shapes (with a dynamic batch there
+   is no fake-tensor kernel for the sparse matmul), and ``torch.export.save`` cannot store it (the pt2
+   archive asks every weight for ``is_contiguous``, which sparse CSR tensors do not have; torch 2.14).
+   Whether the device's kernel can be shipped is probed once per process (``kernel_export_problem``); if
+   not, nothing is timed and every eligible layer is recorded dense with that reason. A layer whose
+   kernel passed the probe but fails in the full model's export goes back to dense, reason recorded. A
+   model ``torch.export`` cannot trace at all (spconv's sparse convolutions are not aten operators) is
+   recorded as ``{"status": "not exported", "reason": ...}`` and the run goes on.
 
 The program loads and runs with torch alone: ``torch.export.load(path).module()(x)``.
 """
@@ -30,6 +32,7 @@ The program loads and runs with torch alone: ``torch.export.load(path).module()(
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import io
 import logging
@@ -171,9 +174,9 @@ def _is_2to4(weight: torch.Tensor) -> bool:
     return weight.shape[-1] % 4 == 0 and bool(((weight != 0).reshape(-1, 4).sum(1) <= 2).all())
 
 
-def sparse_kernel(device: torch.device) -> tuple[str, Callable[[nn.Linear], nn.Module]]:
+def sparse_kernel(device: torch.device | str) -> tuple[str, Callable[[nn.Linear], nn.Module]]:
     """The device's sparse kernel for a linear layer: (its name, a builder)."""
-    if device.type == "cuda":
+    if torch.device(device).type == "cuda":
         return "semi_structured_2to4", semi_structured_linear
     return "csr", CsrLinear
 
@@ -279,13 +282,46 @@ def with_kernels(model: nn.Module, choices: dict[str, dict], device: torch.devic
 
 
 # -- 3. export ----------------------------------------------------------------------------------------
+class FromTensors(nn.Module):
+    """``model`` called on a dataclass input (e.g. a voxel batch) rebuilt from its tensor fields: a program
+    loaded with torch alone cannot take an instance of a sparse-lab class, so it takes the tensors."""
+
+    def __init__(self, model: nn.Module, example):
+        super().__init__()
+        self.model, self.kind = model, type(example)
+        values = {f.name: getattr(example, f.name) for f in dataclasses.fields(example)}
+        self.tensor_fields = [name for name, value in values.items() if isinstance(value, torch.Tensor)]
+        self.constants = {name: value for name, value in values.items() if name not in self.tensor_fields}
+
+    def forward(self, *tensors: torch.Tensor):
+        return self.model(self.kind(**dict(zip(self.tensor_fields, tensors)), **self.constants))
+
+    def arguments(self, example) -> tuple[torch.Tensor, ...]:
+        return tuple(getattr(example, name) for name in self.tensor_fields)
+
+
+class CalledWithFields(nn.Module):
+    """A loaded program that takes a dataclass's tensor fields, called with the dataclass (for timing)."""
+
+    def __init__(self, program: nn.Module, fields: list[str]):
+        super().__init__()
+        self.program, self.fields = program, fields
+
+    def forward(self, example):
+        return self.program(*(getattr(example, name) for name in self.fields))
+
+
 def export_program(module: nn.Module, example_input, path: Path | io.BytesIO, dynamic_batch: bool = True) -> nn.Module:
     """Export ``module`` (dynamic batch for a tensor input), save it to ``path`` (a file or a buffer), and
-    return the loaded program's module."""
+    return the loaded program's module, which takes what ``module`` takes. For a dataclass input the
+    saved program takes the dataclass's tensor fields, in field order (``FromTensors``)."""
     if isinstance(example_input, torch.Tensor) and dynamic_batch:
         # A batch of 2 to trace: torch.export specialises a size-1 dimension to the constant 1.
         args = (torch.cat([example_input, example_input]),)
         dynamic = ({0: torch.export.Dim("batch", min=1, max=1 << 16)},)
+    elif dataclasses.is_dataclass(example_input):
+        module = FromTensors(module, example_input)
+        args, dynamic = module.arguments(example_input), None
     else:
         args, dynamic = (example_input,), None
     program = torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
@@ -293,7 +329,8 @@ def export_program(module: nn.Module, example_input, path: Path | io.BytesIO, dy
     torch.export.save(program, target)
     if isinstance(target, io.BytesIO):
         target.seek(0)
-    return torch.export.load(target).module()
+    loaded = torch.export.load(target).module()
+    return CalledWithFields(loaded, module.tensor_fields) if isinstance(module, FromTensors) else loaded
 
 
 def _reason(exc: BaseException) -> str:
@@ -363,6 +400,10 @@ def _export_into(deployment: Deployment, candidate: nn.Module, reference: nn.Mod
     except Exception as exc:  # noqa: BLE001  any tracing failure is a recorded reason, not a failed run
         path.unlink(missing_ok=True)
         deployment.reason = f"torch.export: {_reason(exc)}"
+        packages = {type(m).__module__.split(".")[0] for m in candidate.modules()}
+        foreign = sorted(packages - {"torch", "sparse_lab", type(reference).__module__.split(".")[0]})
+        if foreign:  # the usual cause: a library's own kernels (spconv), which are not aten operators
+            deployment.reason += f" (layers from {', '.join(foreign)}: kernels outside torch, not aten operators)"
         log.warning("deploy: %s not exported (%s)", type(candidate).__name__, deployment.reason)
         return
     deployment.module, deployment.status, deployment.reason, deployment.path = program, "exported", None, path
@@ -387,23 +428,33 @@ def deploy_and_time(
     reference_macs: float,
     target_macs: float,
     rounds: int = 2,
+    export: bool = True,
+    measure: bool = True,
 ) -> tuple[dict, dict]:
     """Deploy ``model`` and time it against ``dense_reference`` (the architecture as built, dense kernels):
     (metrics for results.json, the deployment record).
 
     ``speedup/macs`` is the dense reference's MACs over the MACs the target executes for the deployed
-    model; ``speedup/realised`` is the measured speed-up as a fraction of it."""
+    model; ``speedup/realised`` is the measured speed-up as a fraction of it. ``export=False`` skips the
+    program (the inference copy is timed); ``measure=False`` skips the timing (config ``deploy.*``)."""
     batch = batched(example_input, batch_size)
-    deployment = deploy(model, example_input, path, device=device, batch_input=batch)
+    if export:
+        deployment = deploy(model, example_input, path, device=device, batch_input=batch)
+    else:
+        module, folded = inference_copy(model)
+        deployment = Deployment(module.to(device), "not exported", reason="deploy.export=false", folded=folded)
+    metrics = {"speedup/macs": reference_macs / target_macs if target_macs else float("nan")}
+    record = deployment.record() | {"timed": None}
+    if not measure:
+        return metrics, record
     dense = dense_reference.to(device).eval()
     inputs = {"": example_input} | ({f"_b{batch_size}": batch} if batch is not None else {})
     times = compare_ms({"dense": dense, "deployed": deployment.module}, inputs, rounds=rounds)
-    metrics = {"speedup/macs": reference_macs / target_macs if target_macs else float("nan")}
     for suffix in inputs:
         dense_ms, deployed_ms = statistics.median(times["dense", suffix]), statistics.median(times["deployed", suffix])
         metrics[f"latency/dense_ms{suffix}"] = dense_ms
         metrics[f"latency/deployed_ms{suffix}"] = deployed_ms
         metrics[f"speedup/measured{suffix}"] = dense_ms / deployed_ms
         metrics[f"speedup/realised{suffix}"] = metrics[f"speedup/measured{suffix}"] / metrics["speedup/macs"]
-    record = deployment.record() | {"timed": "program" if deployment.status == "exported" else "inference copy"}
+    record["timed"] = "program" if deployment.status == "exported" else "inference copy"
     return metrics, record

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from sparse_lab.errors import UserError
-from sparse_lab.measure import count_macs, measure_latency_ms, parameter_counts
+from sparse_lab.measure import count_macs, parameter_counts
 from sparse_lab.registry import Registry
 
 
@@ -68,7 +68,6 @@ class HardwareTarget:
             "energy/uJ": self.energy_uj(count.target),
             "params/total": total,
             "params/nonzero": nonzero,
-            "latency/ms": measure_latency_ms(model, example_input),
         }
         return metrics, count.table()
 

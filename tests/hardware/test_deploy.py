@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -12,19 +13,22 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from sparse_lab.cli import CONFIG_DIR
+from sparse_lab.data import DATASETS
 from sparse_lab.data.points import voxelize
-from sparse_lab.experiment import run
+from sparse_lab.experiment import check_datamodule, options, run
 from sparse_lab.hardware import deploy as deploy_module
 from sparse_lab.hardware.deploy import CsrLinear, choose_kernels, deploy, inference_copy, with_kernels
-from sparse_lab.models import build_model
+from sparse_lab.models import build_model, model_from_config
 from sparse_lab.sparsity import build_method
+from sparse_lab.spconv_layout import is_sparse_conv
 
 # Runs in a fresh interpreter that refuses sparse_lab (an editable install puts it on every path):
 # the program must load and compute with torch alone.
 LOAD_WITHOUT_SPARSE_LAB = """
 import sys
 sys.modules["sparse_lab"] = None  # any `import sparse_lab...` now raises ImportError
-sys.path = [p for p in sys.path if p and not p.startswith({repo!r})]
+sys.path = [p for p in sys.path if p and p.rstrip("/") != {repo!r}]  # the checkout (the venv inside stays)
 try:
     import sparse_lab  # noqa: F401
 except ImportError:
@@ -32,27 +36,27 @@ except ImportError:
 else:
     raise SystemExit("sparse_lab importable")
 import torch
-ref = torch.load(sys.argv[2])
-out = torch.export.load(sys.argv[1]).module()(ref["input"])
-assert torch.allclose(out, ref["output"], atol=1e-5), (out - ref["output"]).abs().max()
+for program, reference in zip(sys.argv[1::2], sys.argv[2::2]):
+    ref = torch.load(reference)
+    out = torch.export.load(program).module()(ref["input"])
+    assert torch.allclose(out, ref["output"], atol=1e-5), (program, (out - ref["output"]).abs().max())
 print("match")
 """
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def loads_and_matches_without_sparse_lab(program_path, model: nn.Module, x: torch.Tensor, tmp_path) -> None:
-    with torch.no_grad():
-        expected = model.eval()(x)
-    torch.save({"input": x, "output": expected}, tmp_path / "reference.pt")
+def loads_and_match_without_sparse_lab(programs: list[tuple], tmp_path) -> None:
+    """Each ``(program path, model, input)``: the program, loaded in a fresh interpreter that cannot import
+    sparse_lab, computes what the model computes (one interpreter for all: starting torch takes seconds)."""
+    args = []
+    for i, (path, model, x) in enumerate(programs):
+        with torch.no_grad():
+            torch.save({"input": x, "output": model.eval()(x)}, tmp_path / f"reference{i}.pt")
+        args += [str(path), str(tmp_path / f"reference{i}.pt")]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     code = LOAD_WITHOUT_SPARSE_LAB.format(repo=REPO)
     done = subprocess.run(
-        [sys.executable, "-c", code, str(program_path), str(tmp_path / "reference.pt")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [sys.executable, "-c", code, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0 and "match" in done.stdout, done.stderr[-2000:]
 
@@ -71,24 +75,7 @@ def masked_vit(sparsity=0.9):
     return model
 
 
-def test_masked_vit_program_loads_without_sparse_lab_and_matches(tmp_path):
-    model = masked_vit()
-    x = torch.randn(1, 1, 16, 16)
-    deployment = deploy(model, x, tmp_path / "deployed.pt2", batch_input=x.repeat(4, 1, 1, 1))
-    assert deployment.status == "exported" and deployment.reason is None
-    assert (tmp_path / "deployed.pt2").is_file() and deployment.max_abs_diff < 1e-5
-    loads_and_matches_without_sparse_lab(tmp_path / "deployed.pt2", model, x, tmp_path)
-    # Dynamic batch: the same program at another batch size computes what the model computes.
-    xb = torch.randn(3, 1, 16, 16)
-    torch.testing.assert_close(deployment.module(xb), model.eval()(xb), atol=1e-5, rtol=1e-5)
-    # Every sparse enough linear layer is recorded with its kernel (dense on the CPU, with the reason).
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "head"]
-    assert set(linears) <= set(deployment.kernels)
-    for row in deployment.kernels.values():
-        assert row["kernel"] in ("dense", "csr") and (row["kernel"] == "csr" or row.get("reason"))
-
-
-def test_masksparsity_narrowed_mobilenet_program_loads_and_matches(tmp_path):
+def masksparsity_narrowed_mobilenet():
     pl.seed_everything(0, verbose=False)
     model = build_model("mobilenet_v2", modality="image", num_classes=5, image_size=16, in_chans=3, width_mult=0.35)
     method = build_method("masksparsity", ratio=0.5, target="flops")
@@ -100,9 +87,30 @@ def test_masksparsity_narrowed_mobilenet_program_loads_and_matches(tmp_path):
     method.select(model, x)
     narrow = method.prune(model)
     assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in model.parameters())
-    deployment = deploy(narrow, x, tmp_path / "deployed.pt2", timer=no_timer)  # no sparse weights: nothing timed
+    return narrow, x
+
+
+def test_deployed_programs_load_without_sparse_lab_and_match(tmp_path):
+    vit, x_vit = masked_vit(), torch.randn(1, 1, 16, 16)
+    deployment = deploy(vit, x_vit, tmp_path / "vit.pt2", batch_input=x_vit.repeat(4, 1, 1, 1))
+    assert deployment.status == "exported" and deployment.reason is None
+    assert (tmp_path / "vit.pt2").is_file() and deployment.max_abs_diff < 1e-5
+    # Dynamic batch: the same program at another batch size computes what the model computes.
+    xb = torch.randn(3, 1, 16, 16)
+    torch.testing.assert_close(deployment.module(xb), vit.eval()(xb), atol=1e-5, rtol=1e-5)
+    # Every sparse enough linear layer is recorded with its kernel (dense on the CPU, with the reason).
+    linears = [n for n, m in vit.named_modules() if isinstance(m, nn.Linear) and n != "head"]
+    assert set(linears) <= set(deployment.kernels)
+    for row in deployment.kernels.values():
+        assert row["kernel"] in ("dense", "csr") and (row["kernel"] == "csr" or row.get("reason"))
+
+    narrow, x_mobilenet = masksparsity_narrowed_mobilenet()
+    deployment = deploy(narrow, x_mobilenet, tmp_path / "mobilenet.pt2", timer=no_timer)  # no sparse weights
     assert deployment.status == "exported" and deployment.kernels == {}
-    loads_and_matches_without_sparse_lab(tmp_path / "deployed.pt2", narrow, x, tmp_path)
+
+    loads_and_match_without_sparse_lab(
+        [(tmp_path / "vit.pt2", vit, x_vit), (tmp_path / "mobilenet.pt2", narrow, x_mobilenet)], tmp_path
+    )
 
 
 class ThreeLinears(nn.Module):
@@ -196,18 +204,58 @@ def test_gates_prune_reparametrizations_and_hooks_are_folded_away():
 def test_spconv_model_is_recorded_as_not_exported():
     torch.manual_seed(0)
     model = build_model(
-        "e3dsnn", modality="point_cloud", num_classes=5, in_chans=4, grid_size=16, embed_dim=8, channels=[8, 16]
+        "e3dsnn",
+        modality="point_cloud",
+        num_classes=5,
+        in_chans=4,
+        grid_size=16,
+        embed_dim=8,
+        channels=[8, 16],
+        depths=[1, 1],
     )
     batch = voxelize(torch.rand(1, 64, 3) * 1.6 - 0.8, voxel_size=0.125)
     deployment = deploy(model, batch, "unused.pt2")
     assert deployment.status == "not exported" and deployment.reason.startswith("torch.export: ")
+    assert "layers from spconv" in deployment.reason
     assert deployment.record()["path"] is None and not os.path.exists("unused.pt2")
     with torch.no_grad():  # the inference copy is what gets timed
         torch.testing.assert_close(deployment.module(batch), model.eval()(batch))
 
 
-def test_run_writes_the_deployed_program_and_latency_metrics(make_cfg, tmp_path):
-    cfg = make_cfg("model=vit", "model.preset=tiny", "sparsity=nm24", "data.batch_size=16")
+@dataclasses.dataclass
+class Pair:
+    a: torch.Tensor
+    b: torch.Tensor
+    scale: float
+
+
+class PairModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, pair: Pair) -> torch.Tensor:
+        return self.fc(pair.a * pair.scale + pair.b)
+
+
+def test_a_dataclass_input_is_exported_as_its_tensor_fields(tmp_path):
+    model, pair = PairModel(), Pair(torch.randn(3, 4), torch.randn(3, 4), 2.0)
+    deployment = deploy(model, pair, tmp_path / "deployed.pt2")
+    assert deployment.status == "exported"
+    torch.testing.assert_close(deployment.module(pair), model(pair))  # called as the model is
+    program = torch.export.load(str(tmp_path / "deployed.pt2")).module()  # the file takes plain tensors
+    torch.testing.assert_close(program(pair.a, pair.b), model(pair))
+
+
+def test_run_writes_the_deployed_program_and_latency_metrics(make_cfg, tmp_path, capsys):
+    cfg = make_cfg(
+        "model=vit",
+        "model.preset=tiny",
+        "sparsity=nm24",
+        "data.batch_size=16",
+        "deploy.export=true",
+        "deploy.latency=true",
+    )
     results = run(cfg, tmp_path)
     metrics = results["metrics"]
     for key in ("latency/dense_ms", "latency/deployed_ms", "latency/dense_ms_b16", "latency/deployed_ms_b16"):
@@ -219,5 +267,53 @@ def test_run_writes_the_deployed_program_and_latency_metrics(make_cfg, tmp_path)
     assert deployed["status"] == "exported" and "hooks" not in deployed["folded"]  # N:M removed its hooks
     assert (tmp_path / "deployed.pt2").is_file()
     assert json.loads((tmp_path / "results.json").read_text())["deployed"]["status"] == "exported"
+    table = capsys.readouterr().out  # the summary table printed at the end of the run
+    assert "latency dense / deployed, batch 16 (ms)" in table and "deployed program" in table
     program = torch.export.load(str(tmp_path / "deployed.pt2")).module()
-    assert program(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
+    assert program(torch.zeros(2, 3, 32, 32)).shape == (2, 10)  # digits: RGB 32x32, 10 classes
+
+
+def test_masksparsity_round_to_keeps_multiples_of_8_channels_per_group():
+    """The deployment-speed option of MaskSparsity (sparsity.round_to): SIMD-friendly kept counts."""
+    selected = {}
+    for round_to in (1, 8):
+        pl.seed_everything(0, verbose=False)
+        model = build_model("mobilenet_v2", modality="image", num_classes=5, image_size=32, in_chans=3)
+        method = build_method("masksparsity", ratio=0.5, target="flops", round_to=round_to)
+        method.attach(model)
+        generator = torch.Generator().manual_seed(0)  # the same scores for both
+        with torch.no_grad():
+            for group in method.groups:
+                group.scale.copy_(torch.rand(group.size, generator=generator))
+        selected[round_to] = method.select(model, torch.zeros(1, 3, 32, 32))
+        kept = [g.size - len(selected[round_to][g.name]) for g in method.groups]
+        assert all(k >= 1 for k in kept)
+    assert any(k % 8 for k in [g.size - len(selected[1][g.name]) for g in method.groups])  # rounding changes it
+    for g in method.groups:
+        assert g.size % 8 == 0 and (g.size - len(selected[8][g.name])) % 8 == 0
+        # The lowest-scored channels go, as without rounding: one selection contains the other.
+        small, large = sorted((set(selected[1][g.name].tolist()), set(selected[8][g.name].tolist())), key=len)
+        assert small <= large
+    assert method.details()["round_to"] == 8
+
+
+MODEL_CONFIGS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", MODEL_CONFIGS)
+def test_every_model_family_exports_or_says_why(name, make_cfg, tmp_path):
+    """As built from its config (tiny preset where it has presets), on its default data."""
+    cfg = make_cfg(f"model={name}")
+    if "preset" in cfg.model:
+        cfg = make_cfg(f"model={name}", "model.preset=tiny")
+    datamodule = DATASETS.from_config(options(cfg.data))
+    info = check_datamodule(datamodule)
+    model = model_from_config(options(cfg.model, drop=("optim",)), info).eval()
+    deployment = deploy(model, datamodule.example_input(), tmp_path / "deployed.pt2")
+    spconv_layers = any(is_sparse_conv(m) for m in model.modules())
+    if spconv_layers:  # spconv's kernels are not aten operators: recorded, not a failed run
+        assert deployment.status == "not exported" and "spconv" in deployment.reason
+        assert not (tmp_path / "deployed.pt2").exists()
+    else:
+        assert deployment.status == "exported" and deployment.max_abs_diff <= 1e-4
+        assert (tmp_path / "deployed.pt2").is_file()

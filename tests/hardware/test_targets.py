@@ -69,7 +69,7 @@ def test_cpu_target_profile_counts_dense_and_effective(make_cfg):
     metrics, table = cpu.profile(model, torch.zeros(1, 10))
     assert metrics["macs/dense"] == 100 and metrics["macs/effective"] == 50 and metrics["macs/target"] == 100
     assert metrics["params/total"] == 100 and metrics["params/nonzero"] == 50
-    assert metrics["energy/uJ"] == pytest.approx(100 * 2.0e-6) and metrics["latency/ms"] > 0
+    assert metrics["energy/uJ"] == pytest.approx(100 * 2.0e-6)
     assert [row["macs_effective"] for row in table] == [50]
     assert target(make_cfg, "hardware=ideal").profile(model, torch.zeros(1, 10))[0]["macs/target"] == 50
 
@@ -97,7 +97,8 @@ def test_snn_energy_agrees_with_the_target_energy_when_prices_are_overridden(mak
         "snn/firing_fraction",
         "macs/dense",
         "macs/effective",
-        "latency/ms",
+        "latency/dense_ms",
+        "latency/deployed_ms",
         "params/total",
         "activations/spike_mean_zero_fraction",
     } <= set(m)
