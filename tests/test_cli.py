@@ -119,6 +119,8 @@ def test_multirun_sweep_writes_one_dir_per_job(tmp_path):
         "trainer=fast",
         "logger=none",
         "trainer.limit_train_batches=2",
+        "deploy.export=false",  # deployment has its own tests (tests/hardware/test_deploy.py)
+        "deploy.latency=false",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -6,6 +6,7 @@ import pytest
 
 from sparse_lab.cli import CONFIG_DIR
 from sparse_lab.errors import UserError
+from sparse_lab.experiment import run
 from sparse_lab.profile import profile
 from tests.conftest import run_cli
 
@@ -41,3 +42,14 @@ def test_cli_prints_json_and_rejects_a_bad_option_in_one_line(tmp_path):
     assert result["hardware"] == "ideal" and result["macs/dense"] == 7_837_440
     bad = run_cli("profile", "hardware=tpu", cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown hardware 'tpu'" in bad.stderr
+
+
+def test_a_trained_runs_deployed_model_is_profiled_on_any_target(make_cfg, tmp_path):
+    cfg = make_cfg("model=vit", "model.preset=tiny", "sparsity=random", "deploy.export=true")
+    metrics = run(cfg, tmp_path)["metrics"]
+    on_cpu = profile(CONFIG_DIR, [f"run={tmp_path}"])  # the run's own target
+    on_ideal = profile(CONFIG_DIR, [f"run={tmp_path}", "hardware=ideal"])
+    assert on_cpu["source"].endswith("(deployed.pt2)") and on_ideal["hardware"] == "ideal"
+    assert on_cpu["macs/dense"] == on_ideal["macs/dense"] == metrics["macs/dense"]  # the same model, counted alike
+    assert on_ideal["macs/target"] == metrics["macs/effective"] < on_cpu["macs/target"]
+    assert {row["name"] for row in on_ideal["layers"]} >= {"patch_embed.proj", "head"}  # attributed to layers

@@ -196,6 +196,8 @@ def test_the_default_trainer_takes_any_argument_on_the_command_line(tmp_path):
         "trainer.limit_test_batches=1",
         "trainer.num_sanity_val_steps=0",
         "logger=none",
+        "deploy.export=false",  # not what this test is about
+        "deploy.latency=false",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]

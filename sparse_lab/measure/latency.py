@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils import benchmark
 
-MIN_RUN_TIME_S = 0.2  # per measurement: enough blocks for a stable median, small enough for every run
+MIN_RUN_TIME_S = 0.1  # per measurement: enough blocks for a stable median, small enough for every run
 BLOCKS, MIN_BLOCKS = 10, 3  # blocks per measurement aimed at, and the fewest that give a median
 
 

@@ -97,8 +97,6 @@ def test_snn_energy_agrees_with_the_target_energy_when_prices_are_overridden(mak
         "snn/firing_fraction",
         "macs/dense",
         "macs/effective",
-        "latency/dense_ms",
-        "latency/deployed_ms",
         "params/total",
         "activations/spike_mean_zero_fraction",
     } <= set(m)
