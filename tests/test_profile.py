@@ -3,18 +3,25 @@
 import json
 
 import pytest
+import torch
 
 from sparse_lab.cli import CONFIG_DIR
 from sparse_lab.errors import UserError
 from sparse_lab.experiment import run
+from sparse_lab.measure import count_macs
+from sparse_lab.models import build_model
 from sparse_lab.profile import profile
 from tests.conftest import run_cli
 
 
-def test_vit_b16_at_224_is_17_56_gmacs():
-    result = profile(CONFIG_DIR, ["model=vit", "model.preset=vit_b16", "data.image_size=224", "data.num_classes=1000"])
-    assert result["macs/dense"] == pytest.approx(17.56e9, rel=2e-3)
-    assert result["params/total"] == 86_567_656  # timm's vit_base_patch16_224
+def test_a_config_is_built_as_train_builds_it_with_the_sizes_it_names():
+    # ViT-Ti/16 at 224 (ViT-B/16: tests/measure/test_torchvision_macs.py, same counter, 14x the MACs).
+    overrides = ["model=vit", "model.preset=vit_ti16", "data.image_size=224", "data.num_classes=1000"]
+    result = profile(CONFIG_DIR, overrides)
+    model = build_model("vit", modality="image", num_classes=1000, image_size=224, in_chans=3, preset="vit_ti16")
+    assert result["macs/dense"] == count_macs(model, torch.zeros(1, 3, 224, 224)).dense
+    assert 1.25e9 < result["macs/dense"] < 1.27e9  # timm's vit_tiny_patch16_224: 1.26 GMACs
+    assert result["params/total"] == 5_717_416  # timm's vit_tiny_patch16_224
     assert sum(row["macs_dense"] for row in result["layers"]) == result["macs/dense"]
 
 
