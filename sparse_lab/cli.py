@@ -25,6 +25,10 @@ commands:
                       data.image_size=224 data.num_classes=1000 hardware=ampere_2to4
   profile run=<run dir> [hardware=<target>] [--json]
                       the same for a trained run's deployed model, on any target
+  report DIR... [--out DIR]
+                      collect the results.json files below the folders (a sweep, several, single
+                      runs): seed groups with mean ± std and 95% CI, failed runs, paired comparisons
+                      of methods; writes report.csv, report.md and Pareto / sparsity plots (PNG)
   list [hydra.searchpath=[file://DIR]]
                       every config group with its options and what each one is
                       (with your own config folder's options too)
@@ -55,8 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         return train(rest)
     if command == "profile":
         return profile(rest)
+    if command == "report":
+        return report(rest)
     print(
-        f"error: unknown command {command!r}; choose one of: train, profile, list (see sparse-lab --help)",
+        f"error: unknown command {command!r}; choose one of: train, profile, report, list (see sparse-lab --help)",
         file=sys.stderr,
     )
     return 2
@@ -133,6 +139,12 @@ def profile(args: list[str]) -> int:
         return fail(exc)
     print(to_json(result) if as_json else format_profile(result).rstrip("\n"))
     return 0
+
+
+def report(args: list[str]) -> int:
+    from sparse_lab.report import main as report_main
+
+    return report_main(args)
 
 
 def fail(exc: BaseException, prefix: str = "") -> int:

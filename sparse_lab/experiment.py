@@ -21,7 +21,7 @@ from sparse_lab.data import DATASETS
 from sparse_lab.errors import UserError
 from sparse_lab.hardware import TARGETS
 from sparse_lab.hardware.deploy import deploy_and_time
-from sparse_lab.loggers import build_loggers, finish, log_final
+from sparse_lab.loggers import build_loggers, finish, log_final, wandb_info
 from sparse_lab.measure import ActivationSparsity, SpikeStats, count_macs
 from sparse_lab.model_summary import ModelSummaryWithoutFlops
 from sparse_lab.models import model_from_config
@@ -113,6 +113,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         method.attach(model, seed=cfg.seed, example_input=datamodule.example_input())
         task = build_task(info, model, options(cfg.model.optim) if "optim" in cfg.model else {})
         loggers = build_loggers(cfg, run_dir, run_name=run_dir.name)
+        if wandb := wandb_info(loggers):
+            results.update(wandb=wandb)  # project, group, run id and local run directory
         # Measured on the test set, hooks removed after each test; spike statistics priced by the target.
         activations = ActivationSparsity()
         measures = [activations, SpikeStats(target.energy_uj)]  # SpikeStats: models with spiking layers only
@@ -147,7 +149,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             measure=cfg.deploy.latency,
         )
         metrics.update(deployed_metrics)
-        log_final(loggers, metrics, step=trainer.global_step)
+        log_final(loggers, metrics, step=trainer.global_step, layers=method.layer_table())
         results.update(
             metrics=metrics,
             sparsity=method.details(),

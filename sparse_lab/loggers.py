@@ -10,8 +10,10 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger, Logger
 
 from sparse_lab.errors import UserError
+from sparse_lab.registry import component_name
 
 WANDB_MODES = ("auto", "online", "offline")
+TAG_GROUPS = ("data", "model", "sparsity", "hardware")  # their names tag every W&B run
 
 
 def wandb_logged_in() -> bool:
@@ -35,6 +37,47 @@ def resolve_wandb_mode(mode: str) -> str:
     return mode
 
 
+def flatten_config(config: dict, prefix: str = "") -> dict:
+    """A nested config as one level of dotted keys (``sparsity.sparsity``, ``model.optim.lr``), so every
+    key can be filtered and grouped by in the W&B dashboard. Lists stay values."""
+    flat: dict = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten_config(value, prefix=f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def run_tags(config: dict, extra: list | tuple = ()) -> list[str]:
+    """The run's data, model, sparsity method and hardware names, then the user's ``logger.wandb.tags``."""
+    tags = [component_name(config[group] or {}) for group in TAG_GROUPS if isinstance(config.get(group), dict)]
+    for tag in extra:
+        if str(tag) not in tags:
+            tags.append(str(tag))
+    return tags
+
+
+def sweep_name() -> str | None:
+    """The name of the sweep this run belongs to (its Hydra sweep folder's name), or None outside a
+    multirun, and outside Hydra altogether (tests call ``experiment.run`` directly)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    return Path(str(hydra_cfg.sweep.dir)).name or None
+
+
+def wandb_group(explicit: str | None) -> str | None:
+    """``logger.wandb.group`` when set, else the sweep's name (None for a single run)."""
+    return str(explicit) if explicit else sweep_name()
+
+
 def build_loggers(cfg: DictConfig, run_dir: Path, run_name: str) -> list[Logger]:
     loggers: list[Logger] = []
     if cfg.logger.csv:
@@ -45,28 +88,67 @@ def build_loggers(cfg: DictConfig, run_dir: Path, run_name: str) -> list[Logger]
         wb = cfg.logger.wandb
         mode = resolve_wandb_mode(wb.mode)
         os.environ.setdefault("WANDB_SILENT", "true")
+        config = OmegaConf.to_container(cfg, resolve=True)
         loggers.append(
             WandbLogger(
                 project=wb.project,
                 entity=wb.entity,
                 name=run_name,
-                group=wb.group,
-                tags=list(wb.tags),
+                group=wandb_group(wb.group),
+                job_type=component_name(config["sparsity"]),
+                tags=run_tags(config, wb.tags or ()),
                 save_dir=str(run_dir),
                 offline=mode == "offline",
                 mode=mode,
-                config=OmegaConf.to_container(cfg, resolve=True),
+                config=flatten_config(config),
             )
         )
     return loggers
 
 
-def log_final(loggers: list[Logger], metrics: dict, step: int) -> None:
-    """The run's final figures, to every logger (W&B also gets them in the run summary)."""
+def wandb_logger(loggers: list[Logger]) -> Logger | None:
+    return next((logger for logger in loggers if type(logger).__name__ == "WandbLogger"), None)
+
+
+def wandb_info(loggers: list[Logger]) -> dict | None:
+    """Where the W&B run went, for results.json: project, group, run id and its local directory."""
+    logger = wandb_logger(loggers)
+    if logger is None:
+        return None
+    run = logger.experiment
+    return {
+        "project": run.project,
+        "group": run.group or None,
+        "job_type": run.job_type,
+        "id": run.id,
+        "name": run.name,
+        "dir": str(Path(run.dir).parent),  # <run_dir>/wandb/offline-run-*/ (run.dir is its files/)
+        "mode": "offline" if run.offline else "online",
+    }
+
+
+LAYER_COLUMNS = ("name", "shape", "numel", "nonzero", "density", "target_density")
+
+
+def layer_rows(layers: list[dict]) -> list[list]:
+    """results["layers"] as table rows; a shape reads 64x3x3x3."""
+    rows = []
+    for layer in layers:
+        row = [layer.get(column) for column in LAYER_COLUMNS]
+        row[1] = "x".join(str(d) for d in row[1]) if isinstance(row[1], (list, tuple)) else row[1]
+        rows.append(row)
+    return rows
+
+
+def log_final(loggers: list[Logger], metrics: dict, step: int, layers: list[dict] | None = None) -> None:
+    """The run's final figures, to every logger (W&B also gets them in the run summary, and the
+    per-layer density table as a ``wandb.Table`` named ``layers``)."""
     for logger in loggers:
         logger.log_metrics(metrics, step=step)
         if type(logger).__name__ == "WandbLogger":
             logger.experiment.summary.update(metrics)
+            if layers:
+                logger.log_table("layers", columns=list(LAYER_COLUMNS), data=layer_rows(layers), step=step)
         logger.save()
 
 
