@@ -317,9 +317,11 @@ def _ci(s: Summary) -> str:
     return "-" if s.ci is None else f"[{_num(s.ci[0])}, {_num(s.ci[1])}]"
 
 
-def _metric_title(metric: str | None, higher: bool) -> str:
+def _metric_title(metric: str | None, higher: bool, compact: bool = False) -> str:
     if metric is None:
         return "-"
+    if compact:
+        return f"{metric} {'↑' if higher else '↓'}"
     return f"{metric} ({'higher' if higher else 'lower'} is better)"
 
 
@@ -338,7 +340,7 @@ GROUP_COLUMNS = (
 )
 
 
-def group_rows(groups: list[Group]) -> list[list[str]]:
+def group_rows(groups: list[Group], compact: bool = False) -> list[list[str]]:
     rows = []
     for g in groups:
         s = g.summary()
@@ -346,7 +348,7 @@ def group_rows(groups: list[Group]) -> list[list[str]]:
             [
                 g.label,
                 str(len(g.runs)),
-                _metric_title(g.primary, g.higher_is_better),
+                _metric_title(g.primary, g.higher_is_better, compact),
                 _mean_std(s),
                 _ci(s),
                 _num(g.mean_metric("sparsity/global"), 3),
@@ -381,7 +383,7 @@ def _md_table(header: list[str] | tuple[str, ...], rows: list[list[str]]) -> str
 
 
 def markdown(runs: list[Run], groups: list[Group], comparisons: list[Comparison], plots: list[Path]) -> str:
-    out = ["# sparse-lab report\n", f"{len(runs)} run(s), {len(groups)} group(s) of completed runs "]
+    out = ["# sparse-lab report\n\n", f"{len(runs)} run(s), {len(groups)} group(s) of completed runs "]
     out.append("(runs that differ only in seed). Confidence intervals: 95%, Student t over seeds.\n\n")
     out.append("## Groups\n\n")
     out.append(_md_table(GROUP_COLUMNS, group_rows(groups)) if groups else "No completed runs.\n")
@@ -483,7 +485,9 @@ def write_plots(groups: list[Group], out: Path) -> list[Path]:
             ]
             pts.sort(key=lambda p: p[0])
             xs, ss = [p[0] for p in pts], [p[1] for p in pts]
-            ax.errorbar(xs, [s.mean for s in ss], yerr=[s.std or 0.0 for s in ss], fmt="o-", color=f"C{i}", label=method)
+            ax.errorbar(
+                xs, [s.mean for s in ss], yerr=[s.std or 0.0 for s in ss], fmt="o-", color=f"C{i}", label=method
+            )
         ax.set_xlabel("achieved sparsity (sparsity/global)")
         ax.set_ylabel(f"{metric} ({direction})")
         ax.set_title(f"{metric} vs sparsity, per method")
@@ -536,11 +540,15 @@ def print_report(report: Report) -> None:
     from rich.table import Table
 
     console = Console()
-    table = Table(title=f"{len(report.groups)} group(s), {len(report.runs)} run(s)")
-    for col in GROUP_COLUMNS:
-        table.add_column(col, justify="left" if col in ("group", "metric") else "right")
-    for row in group_rows(report.groups):
-        table.add_row(*row)
+    rows = group_rows(report.groups, compact=True)
+    # columns with nothing in them (no latency measured, ...) are left out of the terminal table
+    keep = [i for i, col in enumerate(GROUP_COLUMNS) if i < 5 or any(row[i] != "-" for row in rows)]
+    table = Table(title=f"{len(report.groups)} group(s), {len(report.runs)} run(s); 95% CI: Student t over seeds")
+    for i in keep:
+        col = GROUP_COLUMNS[i]
+        table.add_column(col, justify="left" if col in ("group", "metric") else "right", no_wrap=col == "group")
+    for row in rows:
+        table.add_row(*(row[i] for i in keep))
     console.print(table)
     failed = [r for r in report.runs if not r.completed]
     for r in failed:

@@ -129,7 +129,8 @@ def test_sweep_runs_are_grouped_by_the_sweep_in_wandb(tmp_path):
         assert run["group"] == sweep_dir.name
         assert run["job_type"] == method
         assert run["tags"] == ["digits", "vit", method, "cpu", "baseline"]
-        assert {"sparsity.sparsity", "model.name", "logger.wandb.project"} <= run["config_keys"]
+        keys = {"sparsity.name", "model.name", "logger.wandb.project", *(["sparsity.sparsity"] * (method == "random"))}
+        assert keys <= run["config_keys"]  # the config, flat: every key filterable on its own
         assert {"test/acc", "sparsity/global", "macs/target"} <= run["summary_keys"]  # the final metrics
         assert list(run["dir"].glob("files/media/table/layers_*.table.json")), "no per-layer density table"
 
@@ -141,3 +142,15 @@ def test_sweep_runs_are_grouped_by_the_sweep_in_wandb(tmp_path):
         assert Path(wb["dir"]) == run["dir"]
         ids.add(wb["id"])
     assert len(ids) == 2
+
+
+@pytest.mark.slow
+def test_an_explicit_group_is_used_outside_a_sweep(make_cfg, tmp_path):
+    from sparse_lab.experiment import run
+
+    results = run(make_cfg("logger=wandb", "logger.wandb.group=ablation", "sparsity=dense"), tmp_path / "run")
+    wb = results["wandb"]
+    assert wb["group"] == "ablation" and wb["job_type"] == "dense"
+    recorded = offline_run(tmp_path / "run")
+    assert recorded["group"] == "ablation" and recorded["id"] == wb["id"]
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["wandb"]["id"] == wb["id"]
