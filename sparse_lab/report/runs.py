@@ -1,0 +1,213 @@
+"""Runs and groups: results.json files read, grouped by everything but the seed, and paired comparisons."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sparse_lab.registry import component_name
+from sparse_lab.report.stats import Summary, summarize
+
+# primary metric -> higher is better
+PRIMARY_METRICS: dict[str, bool] = {"test/acc": True, "test/epe3d": False}
+# config keys that say nothing about what was run (removed before grouping)
+RUN_SPECIFIC_KEYS = ("seed", "paths", "hydra")
+CSV_METRICS = (
+    "sparsity/global",
+    "macs/dense",
+    "macs/target",
+    "params/total",
+    "params/nonzero",
+    "energy/uJ",
+    "latency/deployed_ms",
+    "speedup/realised",
+)
+SPARSITY_TOLERANCE = 0.01
+
+
+@dataclass
+class Run:
+    path: Path
+    status: str
+    error: str | None
+    config: dict
+    metrics: dict
+    key: str = ""
+
+    @property
+    def seed(self) -> Any:
+        return self.config.get("seed")
+
+    def name(self, group: str) -> str:
+        options = self.config.get(group)
+        return component_name(options) if isinstance(options, dict) else "-"
+
+    @property
+    def primary(self) -> str | None:
+        return next((m for m in PRIMARY_METRICS if self.metrics.get(m) is not None), None)
+
+    @property
+    def value(self) -> float | None:
+        metric = self.primary
+        return float(self.metrics[metric]) if metric else None
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed"
+
+
+@dataclass
+class Group:
+    key: str
+    runs: list[Run]
+    label: str = ""
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def first(self) -> Run:
+        return self.runs[0]
+
+    @property
+    def primary(self) -> str | None:
+        return next((r.primary for r in self.runs if r.primary), None)
+
+    @property
+    def higher_is_better(self) -> bool:
+        return PRIMARY_METRICS.get(self.primary or "", True)
+
+    def values(self) -> list[float]:
+        return [r.value for r in self.runs if r.value is not None]
+
+    def by_seed(self) -> dict[Any, float]:
+        return {r.seed: r.value for r in self.runs if r.value is not None}
+
+    def summary(self) -> Summary:
+        return summarize(self.values())
+
+    def mean_metric(self, metric: str) -> float | None:
+        values = [float(r.metrics[metric]) for r in self.runs if r.metrics.get(metric) is not None]
+        return sum(values) / len(values) if values else None
+
+
+def find_results(dirs: list[Path]) -> list[Path]:
+    found: set[Path] = set()
+    for d in dirs:
+        if d.is_file() and d.name == "results.json":
+            found.add(d.resolve())
+        elif d.is_dir():
+            found.update(p.resolve() for p in d.rglob("results.json"))
+    return sorted(found)
+
+
+def load_run(path: Path) -> Run:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return Run(path.parent, "failed", f"unreadable results.json: {exc}", {}, {})
+    return Run(
+        path.parent,
+        str(data.get("status") or "unknown"),
+        data.get("error"),
+        data.get("config") or {},
+        data.get("metrics") or {},
+    )
+
+
+def group_key(config: dict) -> str:
+    stripped = {k: v for k, v in config.items() if k not in RUN_SPECIFIC_KEYS}
+    return json.dumps(stripped, sort_keys=True, default=str)
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): json.dumps(d, default=str)}
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    """Completed runs grouped by their config without seed and paths; labels made unique by what differs."""
+    groups: dict[str, Group] = {}
+    for run in runs:
+        if not run.completed:
+            continue
+        run.key = group_key(run.config)
+        groups.setdefault(run.key, Group(run.key, [])).runs.append(run)
+    result = sorted(groups.values(), key=lambda g: _base_label(g.first))
+    for g in result:
+        g.runs.sort(key=lambda r: (str(r.seed), str(r.path)))
+    by_label: dict[str, list[Group]] = {}
+    for g in result:
+        by_label.setdefault(_base_label(g.first), []).append(g)
+    for label, same in by_label.items():
+        if len(same) == 1:
+            same[0].label = label
+            continue
+        flats = [_flatten({k: v for k, v in g.first.config.items() if k not in RUN_SPECIFIC_KEYS}) for g in same]
+        keys = sorted({k for f in flats for k in f})
+        differing = [k for k in keys if len({f.get(k) for f in flats}) > 1]
+        for g, f in zip(same, flats):
+            parts = [f"{k}={json.loads(f[k]) if k in f else '-'}" for k in differing[:3]]
+            g.label = f"{label} ({', '.join(parts)})"
+    return result
+
+
+def _base_label(run: Run) -> str:
+    return "/".join(run.name(g) for g in ("data", "model", "sparsity", "hardware"))
+
+
+# ----------------------------------------------------------------------------------------- comparisons
+
+
+@dataclass
+class Comparison:
+    a: Group
+    b: Group
+    seeds: list
+    diffs: list[float]
+    summary: Summary
+    verdict: str
+
+
+def paired_comparisons(groups: list[Group]) -> list[Comparison]:
+    """Pairs sharing data, model, hardware and seeds, differing in sparsity method (same sparsity, or dense)."""
+    out: list[Comparison] = []
+    for i, a in enumerate(groups):
+        for b in groups[i + 1 :]:
+            ca, cb = a.first.config, b.first.config
+            if any(ca.get(k) != cb.get(k) for k in ("data", "model", "hardware")):
+                continue
+            if a.primary is None or a.primary != b.primary:
+                continue
+            if a.first.name("sparsity") == b.first.name("sparsity"):
+                continue
+            sa, sb = a.by_seed(), b.by_seed()
+            if set(sa) != set(sb) or len(sa) < 2:
+                continue
+            dense = "dense" in (a.first.name("sparsity"), b.first.name("sparsity"))
+            spa, spb = a.mean_metric("sparsity/global"), b.mean_metric("sparsity/global")
+            same_sparsity = spa is not None and spb is not None and abs(spa - spb) <= SPARSITY_TOLERANCE
+            if not (dense or same_sparsity):
+                continue
+            first, second = (b, a) if a.first.name("sparsity") == "dense" else (a, b)  # dense baseline is B
+            s1, s2 = first.by_seed(), second.by_seed()
+            seeds = sorted(s1, key=str)
+            diffs = [s1[s] - s2[s] for s in seeds]
+            summary = summarize(diffs)
+            out.append(Comparison(first, second, seeds, diffs, summary, _verdict(summary, first.higher_is_better)))
+    return out
+
+
+def _verdict(summary: Summary, higher_is_better: bool) -> str:
+    if summary.ci is None:
+        return "not distinguishable"
+    lo, hi = summary.ci
+    if lo > 0:
+        return "A better" if higher_is_better else "B better"
+    if hi < 0:
+        return "B better" if higher_is_better else "A better"
+    return "not distinguishable"
