@@ -35,7 +35,7 @@ commands:
   --version           print the version
 
 Runs go to outputs/runs/<date>/<time>_<data>_<model>_<sparsity>/ (sweeps to outputs/multirun/),
-each with results.json, final_model.pt, csv/metrics.csv and the resolved config in .hydra/.
+each with results.json, final_model.pt, deployed.pt2, csv/metrics.csv and the resolved config in .hydra/.
 """
 
 
