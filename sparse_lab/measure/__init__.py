@@ -5,13 +5,13 @@
 - ``sparse_conv``: a spconv sparse convolution's active pairs, its MACs and SOPs;
 - ``sops``: spiking models' spike rates and synaptic operations, and the test-time callback logging them;
 - ``activations``: per-layer activation sparsity, and the test-time callback logging it;
-- ``latency``: median forward-pass latency.
+- ``latency``: forward-pass latency of several models, interleaved (torch.utils.benchmark).
 
 Modules read what models declare (``sparse_lab.protocols``) and import no model class.
 """
 
 from sparse_lab.measure.activations import ActivationMonitor, ActivationSparsity
-from sparse_lab.measure.latency import measure_latency_ms
+from sparse_lab.measure.latency import compare_ms
 from sparse_lab.measure.macs import LayerMacs, MacCount, count_macs, parameter_counts
 from sparse_lab.measure.sops import SpikeCounter, SpikeStats, has_spiking_layers
 
@@ -24,6 +24,6 @@ __all__ = [
     "SpikeStats",
     "count_macs",
     "has_spiking_layers",
-    "measure_latency_ms",
+    "compare_ms",
     "parameter_counts",
 ]

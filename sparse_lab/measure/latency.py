@@ -65,13 +65,3 @@ def compare_ms(
 def forward(model: nn.Module, example_input) -> Callable[[], object]:
     """A call of ``model`` on its one input (a tensor, a dict, a batch object: whatever the data gives)."""
     return lambda: model(example_input)
-
-
-def measure_latency_ms(model: nn.Module, example_input, min_run_time: float = MIN_RUN_TIME_S) -> float:
-    """Median milliseconds of one forward pass of ``model`` on ``example_input`` (batch size 1), in eval mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        return time_call(forward(model, example_input), min_run_time) * 1e3
-    finally:
-        model.train(was_training)
