@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 import pytest
+from google.protobuf.message import DecodeError
 
 from sparse_lab.loggers import LAYER_COLUMNS, flatten_config, layer_rows, run_tags, sweep_name, wandb_group
 from tests.conftest import run_cli
@@ -46,12 +48,25 @@ def read_wandb_records(path: Path) -> list:
     return records
 
 
-def offline_run(run_dir: Path) -> dict:
-    """The W&B run a job wrote offline under <run_dir>/wandb/: its id, group, job type, tags, config keys."""
-    (log_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    records = read_wandb_records(log_file)
+def offline_run(run_dir: Path, wait_s: float = 15.0) -> dict:
+    """The W&B run a job wrote offline under <run_dir>/wandb/: its id, group, job type, tags, config keys.
+
+    W&B's service process writes the log; on a loaded machine the last records can land a moment after
+    the run has returned, so the file is read again until its run and summary records are there."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        logs = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+        try:
+            (log_file,) = logs
+            records = read_wandb_records(log_file)
+        except (ValueError, AssertionError, DecodeError):  # not there yet, or a record still being written
+            records = []
+        kinds = {r.WhichOneof("record_type") for r in records}
+        if {"run", "summary"} <= kinds or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     runs = [r.run for r in records if r.WhichOneof("record_type") == "run"]
-    assert runs, f"no run record in {log_file}"
+    assert runs, f"no run record in {logs}"
     config_keys = {item.key for r in records if r.WhichOneof("record_type") == "config" for item in r.config.update}
     config_keys |= {item.key for run in runs for item in run.config.update}
     summary_keys = {item.key for r in records if r.WhichOneof("record_type") == "summary" for item in r.summary.update}
