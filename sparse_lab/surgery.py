@@ -1,8 +1,9 @@
 """Channel surgery: make layers physically narrower, in place (tensors get smaller; nothing is masked).
 
-Neutral: imports no model, method, task or data module, so model families describe their own channel
-groups with these helpers (``channel_groups`` methods, ``protocols.ChannelGroups``) and structured
-methods apply them without knowing any model class.
+Also the walk that collects the groups a model declares (:func:`declared_groups`), shared by structured
+methods and deployment (which folds leftover gates). Neutral: imports no model, method, task or data
+module, so model families describe their own channel groups with these helpers (``channel_groups``
+methods, ``protocols.ChannelGroups``) and structured methods apply them without knowing any model class.
 
 Layers: torch convolutions (1d/2d/3d, depthwise for outputs), linear layers and spconv sparse
 convolutions, whose weight is ``[C_out, *kernel, C_in]`` (``spconv_layout`` says which axis holds which
@@ -35,8 +36,25 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-from sparse_lab.protocols import ChannelGroup
+from sparse_lab.protocols import ChannelGroup, ChannelGroups
 from sparse_lab.spconv_layout import input_channel_dim, is_sparse_conv, output_channel_dim
+
+
+# -- the groups a model declares ------------------------------------------------------------------
+def declared_groups(model: nn.Module, add_gates: bool) -> tuple[bool, list[ChannelGroup]]:
+    """(whether any module declares, the groups declared), walking ``named_modules()`` in order."""
+    groups: list[ChannelGroup] = []
+    claimed: list[str] = []  # modules that declared: their subtrees are theirs
+
+    def inside(name: str) -> bool:
+        return any(c == "" or name == c or name.startswith(c + ".") for c in claimed)
+
+    for name, module in model.named_modules():
+        if inside(name) or not isinstance(module, ChannelGroups):
+            continue
+        groups.extend(module.channel_groups(f"{name}." if name else "", add_gates))
+        claimed.append(name)
+    return bool(claimed), groups
 
 
 # -- single layers ----------------------------------------------------------------------------------

@@ -46,8 +46,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from sparse_lab.hardware.ampere import holds_nm
 from sparse_lab.measure.latency import compare_ms, interleaved
-from sparse_lab.protocols import ChannelGroups
+from sparse_lab.surgery import declared_groups
 
 log = logging.getLogger(__name__)
 
@@ -117,19 +118,14 @@ def _fold_prune(model: nn.Module) -> list[str]:
 def _fold_gates(model: nn.Module) -> list[str]:
     """Keep every channel of each gated group: the group's surgery folds the gate into its reader."""
     gates = {id(p) for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] == "gate"}
-    done, claimed = [], []  # as channels.declared_groups: below a declaring module nothing declares again
-    for name, module in model.named_modules():
-        if gates and isinstance(module, ChannelGroups) and not any(_below(name, c) for c in claimed):
-            claimed.append(name)
-            for group in module.channel_groups(f"{name}." if name else "", False):
-                if id(group.scale) in gates:
-                    group.keep(torch.arange(group.size))
-                    done.append(group.name)
+    if not gates:
+        return []
+    done = []
+    for group in declared_groups(model, add_gates=False)[1]:
+        if id(group.scale) in gates:
+            group.keep(torch.arange(group.size))
+            done.append(group.name)
     return done
-
-
-def _below(name: str, parent: str) -> bool:
-    return parent == "" or name == parent or name.startswith(parent + ".")
 
 
 def _remove_hooks(model: nn.Module) -> list[str]:
@@ -164,15 +160,11 @@ class CsrLinear(nn.Module):
 
 def semi_structured_linear(linear: nn.Linear) -> nn.Linear:
     """A copy of ``linear`` whose weight is a semi-structured 2:4 tensor (CUDA; cuSPARSELt / CUTLASS)."""
-    if not _is_2to4(linear.weight):
+    if not holds_nm(linear.weight, 2, 4):
         raise ValueError("weight is not 2:4 sparse along its input dimension")
     layer = copy.deepcopy(linear)
     layer.weight = nn.Parameter(torch.sparse.to_sparse_semi_structured(linear.weight.detach()), requires_grad=False)
     return layer
-
-
-def _is_2to4(weight: torch.Tensor) -> bool:
-    return weight.shape[-1] % 4 == 0 and bool(((weight != 0).reshape(-1, 4).sum(1) <= 2).all())
 
 
 def sparse_kernel(device: torch.device | str) -> tuple[str, Callable[[nn.Linear], nn.Module]]:

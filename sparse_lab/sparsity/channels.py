@@ -31,9 +31,9 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from sparse_lab.protocols import ChannelGroup, ChannelGroups
+from sparse_lab.protocols import ChannelGroup
 from sparse_lab.sparsity.prunable import dense_layer_names, is_weight_layer
-from sparse_lab.surgery import complement
+from sparse_lab.surgery import complement, declared_groups
 
 __all__ = ["ChannelGroup", "channel_groups", "declared_groups", "dependency_groups"]
 
@@ -46,22 +46,6 @@ def channel_groups(model: nn.Module, add_gates: bool = False, example_input: Any
     if declared or example_input is None:
         return groups
     return dependency_groups(model, example_input)
-
-
-def declared_groups(model: nn.Module, add_gates: bool) -> tuple[bool, list[ChannelGroup]]:
-    """(whether any module declares, the groups declared), walking ``named_modules()`` in order."""
-    groups: list[ChannelGroup] = []
-    claimed: list[str] = []  # modules that declared: their subtrees are theirs
-
-    def inside(name: str) -> bool:
-        return any(c == "" or name == c or name.startswith(c + ".") for c in claimed)
-
-    for name, module in model.named_modules():
-        if inside(name) or not isinstance(module, ChannelGroups):
-            continue
-        groups.extend(module.channel_groups(f"{name}." if name else "", add_gates))
-        claimed.append(name)
-    return bool(claimed), groups
 
 
 # -- generic path: Torch-Pruning's dependency graph ------------------------------------------------------
