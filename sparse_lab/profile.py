@@ -56,8 +56,8 @@ def profile(config_dir: Path, overrides: list[str]) -> dict:
     from sparse_lab.data import DATASETS
     from sparse_lab.experiment import check_datamodule, options
     from sparse_lab.hardware import TARGETS
-    from sparse_lab.measure import count_macs, parameter_counts
     from sparse_lab.models import model_from_config
+    from sparse_lab.registry import component_name
     from sparse_lab.sparsity import METHODS
 
     run_dir, sizes, rest = split_overrides(overrides)
@@ -80,22 +80,8 @@ def profile(config_dir: Path, overrides: list[str]) -> dict:
         torch.manual_seed(int(cfg.seed))
         model, source = model_from_config(options(cfg.model, drop=("optim",)), info), "configuration"
         METHODS.from_config(options(cfg.sparsity)).attach(model, seed=int(cfg.seed), example_input=example)
-    model.eval()
-    with torch.no_grad():
-        count = count_macs(model, example, executed=target.executed_macs)
-    total, nonzero = parameter_counts(model)
-    return {
-        "source": source,
-        "model": cfg.model.get("name") or cfg.model.get("_target_"),
-        "hardware": target.name,
-        "macs/dense": count.dense,
-        "macs/effective": count.effective,
-        "macs/target": count.target,
-        "energy/uJ": target.energy_uj(count.target),
-        "params/total": total,
-        "params/nonzero": nonzero,
-        "layers": count.table(),
-    }
+    metrics, layers = target.profile(model.eval(), example)  # what a run reports (SOPs on neuromorphic too)
+    return {"source": source, "model": component_name(cfg.model), "hardware": target.name, **metrics, "layers": layers}
 
 
 def run_config(run_dir: Path) -> DictConfig:
