@@ -11,6 +11,7 @@ from pytorch_lightning.loggers import CSVLogger, Logger
 
 from sparse_lab.errors import UserError
 from sparse_lab.registry import component_name
+from sparse_lab.results import flatten_config
 
 WANDB_MODES = ("auto", "online", "offline")
 TAG_GROUPS = ("data", "model", "sparsity", "hardware")  # their names tag every W&B run
@@ -35,19 +36,6 @@ def resolve_wandb_mode(mode: str) -> str:
             return env
         return "online" if wandb_logged_in() else "offline"
     return mode
-
-
-def flatten_config(config: dict, prefix: str = "") -> dict:
-    """A nested config as one level of dotted keys (``sparsity.sparsity``, ``model.optim.lr``), so every
-    key can be filtered and grouped by in the W&B dashboard. Lists stay values."""
-    flat: dict = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten_config(value, prefix=f"{name}."))
-        else:
-            flat[name] = value
-    return flat
 
 
 def run_tags(config: dict, extra: list | tuple = ()) -> list[str]:

@@ -68,3 +68,16 @@ class RunResults:
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.data, indent=2, default=str))
         tmp.replace(self.path)  # atomic: a reader never sees half a file
+
+
+def flatten_config(config: dict, prefix: str = "") -> dict:
+    """A nested config as one level of dotted keys (``sparsity.sparsity``, ``model.optim.lr``), so every
+    key can be filtered and grouped by in the W&B dashboard. Lists stay values."""
+    flat: dict = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten_config(value, prefix=f"{name}."))
+        else:
+            flat[name] = value
+    return flat

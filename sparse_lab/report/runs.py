@@ -9,6 +9,7 @@ from typing import Any
 
 from sparse_lab.registry import component_name
 from sparse_lab.report.stats import Summary, summarize
+from sparse_lab.results import flatten_config
 
 # primary metric -> higher is better
 PRIMARY_METRICS: dict[str, bool] = {"test/acc": True, "test/epe3d": False}
@@ -120,15 +121,6 @@ def group_key(config: dict) -> str:
     return json.dumps(stripped, sort_keys=True, default=str)
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, dict):
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix.rstrip("."): json.dumps(d, default=str)}
-
-
 def group_runs(runs: list[Run]) -> list[Group]:
     """Completed runs grouped by their config without seed and paths; labels made unique by what differs."""
     groups: dict[str, Group] = {}
@@ -147,11 +139,11 @@ def group_runs(runs: list[Run]) -> list[Group]:
         if len(same) == 1:
             same[0].label = label
             continue
-        flats = [_flatten({k: v for k, v in g.first.config.items() if k not in RUN_SPECIFIC_KEYS}) for g in same]
+        flats = [flatten_config({k: v for k, v in g.first.config.items() if k not in RUN_SPECIFIC_KEYS}) for g in same]
         keys = sorted({k for f in flats for k in f})
-        differing = [k for k in keys if len({f.get(k) for f in flats}) > 1]
+        differing = [k for k in keys if len({json.dumps(f.get(k), default=str) for f in flats}) > 1]
         for g, f in zip(same, flats):
-            parts = [f"{k}={json.loads(f[k]) if k in f else '-'}" for k in differing[:3]]
+            parts = [f"{k}={f.get(k, '-')}" for k in differing[:3]]
             g.label = f"{label} ({', '.join(parts)})"
     return result
 
