@@ -22,6 +22,7 @@ from sparse_lab.hardware.deploy import CsrLinear, choose_kernels, deploy, infere
 from sparse_lab.models import build_model, model_from_config
 from sparse_lab.sparsity import build_method
 from sparse_lab.spconv_layout import is_sparse_conv
+from tests.models.test_e3dsnn import tiny_model
 
 # Runs in a fresh interpreter that refuses sparse_lab (an editable install puts it on every path):
 # the program must load and compute with torch alone.
@@ -203,16 +204,7 @@ def test_gates_prune_reparametrizations_and_hooks_are_folded_away():
 
 def test_spconv_model_is_recorded_as_not_exported():
     torch.manual_seed(0)
-    model = build_model(
-        "e3dsnn",
-        modality="point_cloud",
-        num_classes=5,
-        in_chans=4,
-        grid_size=16,
-        embed_dim=8,
-        channels=[8, 16],
-        depths=[1, 1],
-    )
+    model = tiny_model()
     batch = voxelize(torch.rand(1, 64, 3) * 1.6 - 0.8, voxel_size=0.125)
     deployment = deploy(model, batch, "unused.pt2")
     assert deployment.status == "not exported" and deployment.reason.startswith("torch.export: ")

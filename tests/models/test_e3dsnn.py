@@ -26,14 +26,8 @@ def test_paper_preset_has_1_87m_parameters():
     assert abs(n - 1.87e6) <= 0.05 * 1.87e6, n
 
 
-def tiny_batch(batch=3, points=64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return voxelize(torch.rand(batch, points, 3, generator=g) * 1.6 - 0.8, voxel_size=0.125)  # 16^3
-
-
-def test_trains_and_evaluates_on_cpu():
-    torch.manual_seed(0)
-    model = build_model(
+def tiny_model():
+    return build_model(
         "e3dsnn",
         modality="point_cloud",
         num_classes=5,
@@ -43,6 +37,16 @@ def test_trains_and_evaluates_on_cpu():
         channels=[8, 16],
         depths=[1, 1],
     )
+
+
+def tiny_batch(batch=3, points=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return voxelize(torch.rand(batch, points, 3, generator=g) * 1.6 - 0.8, voxel_size=0.125)  # 16^3
+
+
+def test_trains_and_evaluates_on_cpu():
+    torch.manual_seed(0)
+    model = tiny_model()
     x, y = tiny_batch(), torch.tensor([0, 1, 2])
     logits = model(x)
     assert logits.shape == (3, 5)
@@ -56,16 +60,7 @@ def test_trains_and_evaluates_on_cpu():
 
 def test_spike_counter_reports_rates_and_sops():
     torch.manual_seed(0)
-    model = build_model(
-        "e3dsnn",
-        modality="point_cloud",
-        num_classes=5,
-        in_chans=4,
-        grid_size=16,
-        embed_dim=8,
-        channels=[8, 16],
-        depths=[1, 1],
-    )
+    model = tiny_model()
     x = tiny_batch()  # train mode: BatchNorm normalises by the batch, so the neurons fire at init
     with torch.no_grad(), SpikeCounter(model) as counter:
         model(x)
