@@ -239,15 +239,17 @@ def choose_kernels(
     The sparse kernel wins only where it takes at most ``margin`` × the dense time at every batch size.
     ``unavailable``: why the sparse kernel cannot be deployed at all (nothing is timed; dense everywhere)."""
     kind, build = sparse_kernel(device)
+    sparsities = {name: zero_fraction(m.weight) for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    sparsities = {name: s for name, s in sparsities.items() if s >= min_sparsity}
+    if unavailable or not sparsities:  # nothing to time: no forward pass
+        return {
+            name: {"sparsity": round(s, 4), "kernel": "dense", "reason": unavailable} for name, s in sparsities.items()
+        }
     choices = {}
     for name, inputs in linear_inputs(model, batches).items():
-        layer = model.get_submodule(name)
-        sparsity = zero_fraction(layer.weight)
-        if sparsity < min_sparsity:
+        if name not in sparsities:
             continue
-        if unavailable:
-            choices[name] = {"sparsity": round(sparsity, 4), "kernel": "dense", "reason": unavailable}
-            continue
+        layer, sparsity = model.get_submodule(name), sparsities[name]
         row = {"sparsity": round(sparsity, 4), "kernel": "dense", "dense_ms": [], f"{kind}_ms": []}
         try:
             sparse = build(layer)
