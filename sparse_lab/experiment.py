@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import move_data_to_device
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
+from sparse_lab import distributed
 from sparse_lab.data import DATASETS
 from sparse_lab.errors import UserError
 from sparse_lab.hardware import TARGETS
@@ -98,7 +99,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Train and evaluate one configuration; return the results dictionary (also in results.json)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    results = RunResults(run_dir, OmegaConf.to_container(cfg, resolve=True))
+    if (launched := distributed.launch_if_needed(cfg, run_dir)) is not None:
+        return launched  # this process supervised the ranks; rank 0 wrote results.json
+    rank_zero = distributed.global_rank() == 0  # the only rank that writes files
+    results = RunResults(run_dir, OmegaConf.to_container(cfg, resolve=True), write=rank_zero)
     loggers = []
     try:
         # Everything that validates user input is built before any training starts.
@@ -113,21 +117,27 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         method.attach(model, seed=cfg.seed, example_input=datamodule.example_input())
         task = build_task(info, model, options(cfg.model.optim) if "optim" in cfg.model else {})
         loggers = build_loggers(cfg, run_dir, run_name=run_dir.name)
-        if wandb := wandb_info(loggers):
+        if rank_zero and (wandb := wandb_info(loggers)):
             results.update(wandb=wandb)  # project, group, run id and local run directory
         # Measured on the test set, hooks removed after each test; spike statistics priced by the target.
         activations = ActivationSparsity()
         measures = [activations, SpikeStats(target.energy_uj)]  # SpikeStats: models with spiking layers only
+        agreement = distributed.MaskAgreement(method)  # multi-process runs: the same masks on every rank
 
         for round_index in range(method.rounds):
             method.begin_round(round_index, task)
-            trainer = build_trainer(cfg, target.accelerator, [method, *measures], loggers, run_dir)
+            trainer = build_trainer(cfg, target.accelerator, [method, *measures, agreement], loggers, run_dir)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", ".*does not have many workers.*")
                 trainer.fit(task, datamodule=datamodule)
                 test = trainer.test(task, datamodule=datamodule, verbose=False)[0]
             results.data["rounds"].append({"round": round_index, **test, **method.summary()})
             results.write()
+        if agreement.checks:
+            results.update(distributed=agreement.report(trainer.world_size))
+        if not rank_zero:  # the other ranks trained and tested; profiling and deployment are rank 0's
+            finish(loggers)
+            return results.data
 
         model = task.model.to(target.device)  # a method may have rebuilt it (e.g. narrowed channels)
         example = move_data_to_device(datamodule.example_input(), target.device)

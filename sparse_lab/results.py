@@ -36,8 +36,9 @@ def package_versions() -> dict[str, str | None]:
 
 
 class RunResults:
-    def __init__(self, run_dir: Path, config: dict):
+    def __init__(self, run_dir: Path, config: dict, write: bool = True):
         self.path = Path(run_dir) / "results.json"
+        self.writes = write  # False on the ranks > 0 of a multi-process run: rank 0 writes the file
         self.started = time.time()
         self.data = {
             "status": "running",
@@ -65,6 +66,8 @@ class RunResults:
 
     def write(self) -> None:
         self.data["duration_s"] = round(time.time() - self.started, 2)
+        if not self.writes:
+            return
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.data, indent=2, default=str))
         tmp.replace(self.path)  # atomic: a reader never sees half a file

@@ -149,7 +149,10 @@ def sparsity_of(rows: list[dict]) -> float:
 
 
 def log_densities(pl_module: pl.LightningModule, rows: list[dict]) -> None:
-    """Log ``sparsity/global`` and ``density/<layer>`` for each row of a layer table (once per epoch)."""
-    pl_module.log("sparsity/global", sparsity_of(rows), sync_dist=False)
+    """Log ``sparsity/global`` and ``density/<layer>`` for each row of a layer table (once per epoch).
+
+    The values are the same on every rank (distributed.MaskAgreement checks); ``sync_dist`` makes
+    Lightning reduce them under DDP rather than warn, and costs nothing on one process."""
+    pl_module.log("sparsity/global", sparsity_of(rows), sync_dist=True)
     for row in rows:
-        pl_module.log(f"density/{row['name']}", row["nonzero"] / row["numel"], sync_dist=False)
+        pl_module.log(f"density/{row['name']}", row["nonzero"] / row["numel"], sync_dist=True)

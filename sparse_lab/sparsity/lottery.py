@@ -135,8 +135,8 @@ class LotteryTicket(SparsityMethod):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        pl_module.log("lottery/round", float(self.round), sync_dist=False)
-        pl_module.log("sparsity/target", self.target_sparsity(), sync_dist=False)
+        pl_module.log("lottery/round", float(self.round), sync_dist=True)
+        pl_module.log("sparsity/target", self.target_sparsity(), sync_dist=True)
 
     # -- reporting ----------------------------------------------------------------------------
     def summary(self) -> dict:

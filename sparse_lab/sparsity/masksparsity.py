@@ -301,7 +301,7 @@ class MaskSparsity(SparsityMethod):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         if self.round == 0 and self.selected and self.selected_scales().numel():
-            pl_module.log("masksparsity/selected_scale_max", float(self.selected_scales().max()), sync_dist=False)
+            pl_module.log("masksparsity/selected_scale_max", float(self.selected_scales().max()), sync_dist=True)
 
     # -- round 1: physical removal ------------------------------------------------------------
     def begin_round(self, index: int, task: pl.LightningModule) -> None:

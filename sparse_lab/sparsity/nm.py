@@ -268,7 +268,7 @@ class NMSparsity(SparsityMethod):
             for p in self.params
         ]
         log_densities(pl_module, rows)
-        pl_module.log("sparsity/nm_n", float(self.current_n), sync_dist=False)
+        pl_module.log("sparsity/nm_n", float(self.current_n), sync_dist=True)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.remove()

@@ -61,7 +61,16 @@ class ClassificationTask(pl.LightningModule):
         acc = self.metrics[f"{split}_acc"]
         acc(logits, y)
         train = split == "train"
-        self.log(f"{split}/loss", loss, on_step=train, on_epoch=not train, prog_bar=train, batch_size=len(y))
+        # Epoch means of val/test loss averaged over ranks under DDP (a no-op on one process).
+        self.log(
+            f"{split}/loss",
+            loss,
+            on_step=train,
+            on_epoch=not train,
+            prog_bar=train,
+            batch_size=len(y),
+            sync_dist=not train,
+        )
         self.log(f"{split}/acc", acc, on_step=False, on_epoch=True, prog_bar=split == "val", batch_size=len(y))
         # A model may add training terms of its own (e.g. the activation-sparsity L1 of Delta layers).
         if train:

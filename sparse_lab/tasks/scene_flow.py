@@ -107,7 +107,9 @@ class SceneFlowTask(pl.LightningModule):
         aux = auxiliary_losses(self.model, output, target, self.current_epoch)
         loss = flow_loss + sum(aux.values())
         train, b = split == "train", len(target)
-        self.log(f"{split}/loss", loss, on_step=train, on_epoch=not train, prog_bar=train, batch_size=b)
+        self.log(
+            f"{split}/loss", loss, on_step=train, on_epoch=not train, prog_bar=train, batch_size=b, sync_dist=not train
+        )
         if train:
             self.log("train/loss_flow", flow_loss, on_step=True, on_epoch=False, batch_size=b)
             for name, value in aux.items():
