@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -25,10 +26,12 @@ commands:
                       data.image_size=224 data.num_classes=1000 hardware=ampere_2to4
   profile run=<run dir> [hardware=<target>] [--json]
                       the same for a trained run's deployed model, on any target
-  report DIR... [--out DIR]
+  report DIR... [--out DIR] [--wandb [--wandb-project NAME]]
                       collect the results.json files below the folders (a sweep, several, single
                       runs): seed groups with mean ± std and 95% CI, failed runs, paired comparisons
-                      of methods; writes report.csv, report.md and Pareto / sparsity plots (PNG)
+                      of methods; writes report.csv, report.md, Pareto / sparsity plots and a
+                      per-layer density heatmap per model (PNG); --wandb also logs it as one W&B
+                      run (job type report) in the sweep's group; --help for details
   list [hydra.searchpath=[file://DIR]]
                       every config group with its options and what each one is
                       (with your own config folder's options too)
@@ -85,18 +88,21 @@ def train(overrides: list[str]) -> int:
     failed_jobs: list[str] = []
 
     @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
-    def train_job(cfg) -> None:
+    def train_job(cfg):
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
+        from sparse_lab.launch import objective_values, set_job_threads
         from sparse_lab.logs import quiet_third_party_logs
 
         quiet_third_party_logs()  # before the heavy imports: some log on import
-        from sparse_lab.experiment import run
-
         hydra_cfg = HydraConfig.get()
         try:
-            run(cfg, Path(hydra_cfg.runtime.output_dir))
+            set_job_threads(cfg, hydra_cfg.launcher)  # parallel jobs share the cores (sparse_lab/launch.py)
+            from sparse_lab.experiment import run
+
+            results = run(cfg, Path(hydra_cfg.runtime.output_dir))
+            return objective_values(cfg.get("objectives"), results)  # what a searching sweeper optimises
         except UserError as exc:
             if hydra_cfg.mode != RunMode.MULTIRUN:
                 raise SystemExit(fail(exc)) from None
@@ -105,6 +111,7 @@ def train(overrides: list[str]) -> int:
             fail(exc, prefix=f"job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}): ")
 
     sys.argv = ["sparse-lab train", *overrides]
+    started = time.time()
     try:
         train_job()
     except (HydraException, OmegaConfBaseException) as exc:
@@ -112,6 +119,10 @@ def train(overrides: list[str]) -> int:
     except KeyboardInterrupt:
         print("interrupted; results.json in the run directory says how far the run got", file=sys.stderr)
         return 130
+    if not failed_jobs:  # jobs run in other processes (joblib, submitit) say it in their results.json
+        from sparse_lab.launch import failed_sweep_jobs
+
+        failed_jobs = failed_sweep_jobs(since=started)
     if failed_jobs:
         print(f"error: {len(failed_jobs)} sweep job(s) failed: {failed_jobs}", file=sys.stderr)
         return 2

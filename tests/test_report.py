@@ -11,6 +11,7 @@ import pytest
 
 from sparse_lab.report import (
     build_report,
+    density_matrices,
     group_runs,
     load_run,
     paired_comparisons,
@@ -19,6 +20,7 @@ from sparse_lab.report import (
     t_cdf_abs,
     t_quantile,
 )
+from sparse_lab.report.wandb_log import target as wandb_target
 from tests.conftest import run_cli
 
 
@@ -221,3 +223,113 @@ def test_cli_report_empty_folder_exits_2_with_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1 and "no results.json" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------- per-layer density
+
+
+def layers(**densities: float) -> list[dict]:
+    """results.json "layers" rows: name -> density of a 100-weight layer."""
+    return [
+        dict(name=name, shape=[10, 10], numel=100, nonzero=round(100 * d), density=d, target_density=d)
+        for name, d in densities.items()
+    ]
+
+
+def write_layered(root: Path, model: str, method: str, seed: int, rows: list[dict], wandb: dict | None = None):
+    run_dir = write_run(root, f"{model}_{method}_s{seed}", config(seed, method, model=model), acc_metrics(0.8))
+    data = json.loads((run_dir / "results.json").read_text())
+    data.update(layers=rows, **({"wandb": wandb} if wandb else {}))
+    (run_dir / "results.json").write_text(json.dumps(data))
+
+
+def layered_sweep(root: Path, wandb: dict | None = None) -> None:
+    """vit: dense, random (two seeds: densities averaged), set (lacks fc2); mobilenet_v2: other layers."""
+    write_layered(root, "vit", "dense", 0, layers(qkv=1.0, fc1=1.0, fc2=1.0), wandb)
+    write_layered(root, "vit", "random", 0, layers(qkv=0.1, fc1=0.2, fc2=0.3), wandb)
+    write_layered(root, "vit", "random", 1, layers(qkv=0.3, fc1=0.2, fc2=0.5), wandb)
+    write_layered(root, "vit", "set", 0, layers(fc1=0.4, qkv=0.6), wandb)
+    write_layered(root, "mobilenet_v2", "random", 0, layers(conv1=0.5, dw=1.0), wandb)
+
+
+def test_density_matrix_per_model_rows_layers_columns_groups_mean_over_seeds(tmp_path):
+    layered_sweep(tmp_path)
+    write_run(tmp_path, "no_layers", config(0, "rigl", model="vit"), acc_metrics(0.7))  # old run: no column
+    mobilenet, vit = density_matrices(group_runs(runs_below(tmp_path)))
+    assert (vit.model, vit.filename, mobilenet.filename) == ("vit", "density_vit.png", "density_mobilenet_v2.png")
+    assert vit.columns == ["dense", "random", "set"]  # data and hardware are the same: the method alone
+    assert vit.layers == ["qkv", "fc1", "fc2"]  # network order, set's own order does not reorder them
+    expected = [[1.0, 0.2, 0.6], [1.0, 0.2, 0.4], [1.0, 0.4, None]]  # random: mean of its two seeds
+    assert [[pytest.approx(v) if v is not None else None for v in row] for row in vit.values] == expected
+    assert [len(g.runs) for g in vit.groups] == [1, 2, 1]
+    assert mobilenet.layers == ["conv1", "dw"] and mobilenet.values == [[0.5], [1.0]]
+
+
+def test_density_heatmaps_written_and_listed_skipped_without_layers(tmp_path):
+    layered_sweep(tmp_path / "sweep")
+    report = build_report([tmp_path / "sweep"], out=tmp_path / "out")
+    assert [p.name for p in report.heatmaps] == ["density_mobilenet_v2.png", "density_vit.png"]
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Per-layer density" in md and "(density_vit.png)" in md and "(density_mobilenet_v2.png)" in md
+    for path in report.heatmaps:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path in report.files
+
+    sweep(tmp_path / "plain", "set", [0.80, 0.82])  # no run has layer rows: no heatmap, no section
+    plain = build_report([tmp_path / "plain"])
+    assert plain.heatmaps == [] and not list((tmp_path / "plain").glob("density_*"))
+    assert "Per-layer density" not in (tmp_path / "plain" / "report.md").read_text()
+
+
+# ------------------------------------------------------------------------------------------- W&B
+
+
+def test_wandb_target_is_the_runs_group_else_the_sweep_folder(tmp_path):
+    layered_sweep(tmp_path / "12-00-00")  # runs that did not log to W&B
+    runs = runs_below(tmp_path)
+    plain = wandb_target(runs)
+    assert (plain.project, plain.group) == ("sparse-lab", "12-00-00")  # configs/logger/wandb.yaml; folder name
+    assert wandb_target(runs, project="mine").project == "mine"
+    for run in runs:
+        run.wandb = {"project": "theirs", "group": "sweep-a", "job_type": "set", "id": "x"}
+    assert (wandb_target(runs).project, wandb_target(runs).group) == ("theirs", "sweep-a")
+    runs[0].wandb = {**runs[0].wandb, "group": "sweep-b"}  # two groups: the folder again
+    assert wandb_target(runs).group == "12-00-00"
+
+
+def test_cli_wandb_logs_an_offline_report_run_in_the_sweeps_group(tmp_path, monkeypatch, capsys):
+    from sparse_lab.cli import main
+    from tests.test_loggers import offline_run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")  # as resolve_wandb_mode("auto") picks without a login
+    wandb = {"project": "sparse-lab-test", "group": "00-37-48", "job_type": "random", "id": "abc", "mode": "offline"}
+    layered_sweep(tmp_path / "sweep", wandb)
+    out = tmp_path / "out"
+    assert main(["report", str(tmp_path / "sweep"), "--out", str(out), "--wandb"]) == 0
+    printed = capsys.readouterr().out
+    assert "W&B: offline run" in printed and "group 00-37-48" in printed and str(out / "wandb") in printed
+
+    run = offline_run(out)
+    assert (run["project"], run["group"], run["job_type"]) == ("sparse-lab-test", "00-37-48", "report")
+    assert {"report.runs", "report.groups", "report.run_ids"} <= run["config_keys"]
+    (table_file,) = run["dir"].glob("files/media/table/groups_*.table.json")
+    table = json.loads(table_file.read_text())
+    rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+    assert [(r["model"], r["method"], r["n"]) for r in rows] == [
+        ("mobilenet_v2", "random", 1),
+        ("vit", "dense", 1),
+        ("vit", "random", 2),
+        ("vit", "set", 1),
+    ]
+    assert rows[2]["mean"] == pytest.approx(0.8) and rows[2]["metric"] == "test/acc"
+    images = {p.name.split("_0_")[0] for p in run["dir"].glob("files/media/images/plots/*.png")}
+    assert {"density_vit", "density_mobilenet_v2", "pareto_acc", "sparsity_acc"} <= images
+
+
+def test_report_help_names_the_options(capsys):
+    from sparse_lab.cli import main
+
+    assert main(["report", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--wandb" in text and "--wandb-project" in text and "density_<model>.png" in text
+    assert main(["report", "--bogus", "x"]) == 2
+    assert "unknown option '--bogus'" in capsys.readouterr().err

@@ -1,11 +1,15 @@
-"""PNG plots (matplotlib, Agg): the primary metric against target MACs with Pareto fronts, and against sparsity."""
+"""PNG plots (matplotlib, Agg): the primary metric against target MACs with Pareto fronts, against sparsity,
+and a per-layer density heatmap per model."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
+from sparse_lab.report.density import DensityMatrix
 from sparse_lab.report.runs import PRIMARY_METRICS, Group
+
+ANNOTATE_MAX_CELLS = 160  # heatmaps with at most this many cells print each density in its cell
 
 
 def pareto_front(points: list[tuple[float, float]], higher_is_better: bool) -> list[tuple[float, float]]:
@@ -82,6 +86,50 @@ def write_plots(groups: list[Group], out: Path) -> list[Path]:
         path = out / f"sparsity_{short}.png"
         fig.tight_layout()
         fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write_heatmaps(matrices: list[DensityMatrix], out: Path) -> list[Path]:
+    """``density_<model>.png`` per matrix: rows = layers, columns = groups, colour = density (0..1)."""
+    if not matrices:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    written: list[Path] = []
+    for m in matrices:
+        data = np.array([[math.nan if v is None else v for v in row] for row in m.values], dtype=float)
+        rows, cols = data.shape
+        longest = max(len(name) for name in m.layers)
+        width = min(4.0 + 0.065 * longest + 1.0 * cols, 40.0)
+        height = min(2.5 + 0.24 * rows, 60.0)
+        fig, ax = plt.subplots(figsize=(width, height))
+        cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")  # grey: a layer this group's model lacks
+        image = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
+        ax.set_yticks(range(rows), m.layers, fontsize=7)
+        labels = [
+            label if sparsity is None else f"{label}\nsparsity {sparsity:.2f}"
+            for label, sparsity in zip(m.columns, m.sparsity)
+        ]
+        tilt = cols > 4
+        ax.set_xticks(range(cols), labels, fontsize=8, rotation=30 if tilt else 0, ha="right" if tilt else "center")
+        if rows * cols <= ANNOTATE_MAX_CELLS:
+            for (i, j), v in np.ndenumerate(data):
+                if not math.isnan(v):
+                    colour = "white" if v < 0.6 else "black"
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color=colour)
+        fig.colorbar(image, ax=ax, label="density (fraction of nonzero weights)", fraction=0.04, pad=0.02)
+        n = sorted({len(g.runs) for g in m.groups})
+        seeds = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}"
+        ax.set_title(f"{m.model}: per-layer density of the final model (mean over {seeds} seed(s))", fontsize=10)
+        path = out / m.filename
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
         plt.close(fig)
         written.append(path)
     return written

@@ -83,17 +83,69 @@ def group_rows(groups: list[Group], compact: bool = False) -> list[list[str]]:
     return rows
 
 
-def write_csv(runs: list[Run], path: Path) -> None:
+def run_rows(runs: list[Run]) -> tuple[list[str], list[list]]:
+    """report.csv's header and rows: one row per run (numbers as numbers, "" where missing)."""
     header = ["run_dir", "status", "data", "model", "sparsity", "hardware", "seed", "metric", "value", *CSV_METRICS]
+    rows = []
+    for r in runs:
+        metric = r.primary
+        row = [str(r.path), r.status, r.name("data"), r.name("model"), r.name("sparsity"), r.name("hardware")]
+        row += [r.seed if r.seed is not None else "", metric or "", r.value if r.value is not None else ""]
+        row += [r.metrics.get(m, "") if r.metrics.get(m) is not None else "" for m in CSV_METRICS]
+        rows.append(row)
+    return header, rows
+
+
+def write_csv(runs: list[Run], path: Path) -> None:
+    header, rows = run_rows(runs)
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(header)
-        for r in runs:
-            metric = r.primary
-            row = [str(r.path), r.status, r.name("data"), r.name("model"), r.name("sparsity"), r.name("hardware")]
-            row += [r.seed if r.seed is not None else "", metric or "", r.value if r.value is not None else ""]
-            row += [r.metrics.get(m, "") if r.metrics.get(m) is not None else "" for m in CSV_METRICS]
-            writer.writerow(row)
+        writer.writerows(rows)
+
+
+GROUP_TABLE_COLUMNS = (
+    "group",
+    "data",
+    "model",
+    "method",
+    "hardware",
+    "n",
+    "metric",
+    "higher_is_better",
+    "mean",
+    "std",
+    "ci_low",
+    "ci_high",
+    *CSV_METRICS,
+)
+
+
+def group_table(groups: list[Group]) -> tuple[list[str], list[list]]:
+    """One row per group with numbers as numbers (None where missing), for tables that sort and plot (W&B)."""
+    rows = []
+    for g in groups:
+        s = g.summary()
+        first = g.first
+        rows.append(
+            [g.label, first.name("data"), first.name("model"), first.name("sparsity"), first.name("hardware")]
+            + [len(g.runs), g.primary, g.higher_is_better, s.mean, s.std]
+            + [s.ci[0] if s.ci else None, s.ci[1] if s.ci else None]
+            + [g.mean_metric(m) for m in CSV_METRICS]
+        )
+    return list(GROUP_TABLE_COLUMNS), rows
+
+
+COMPARISON_TABLE_COLUMNS = ("A", "B", "metric", "seeds", "mean_A_minus_B", "ci_low", "ci_high", "verdict")
+
+
+def comparison_table(comparisons: list[Comparison]) -> tuple[list[str], list[list]]:
+    rows = [
+        [c.a.label, c.b.label, c.a.primary, len(c.seeds), c.summary.mean]
+        + [c.summary.ci[0] if c.summary.ci else None, c.summary.ci[1] if c.summary.ci else None, c.verdict]
+        for c in comparisons
+    ]
+    return list(COMPARISON_TABLE_COLUMNS), rows
 
 
 def _md_table(header: list[str] | tuple[str, ...], rows: list[list[str]]) -> str:
@@ -103,7 +155,13 @@ def _md_table(header: list[str] | tuple[str, ...], rows: list[list[str]]) -> str
     return "\n".join(lines) + "\n"
 
 
-def markdown(runs: list[Run], groups: list[Group], comparisons: list[Comparison], plots: list[Path]) -> str:
+def markdown(
+    runs: list[Run],
+    groups: list[Group],
+    comparisons: list[Comparison],
+    plots: list[Path],
+    heatmaps: list[Path] | None = None,
+) -> str:
     out = ["# sparse-lab report\n\n", f"{len(runs)} run(s), {len(groups)} group(s) of completed runs "]
     out.append("(runs that differ only in seed). Confidence intervals: 95%, Student t over seeds.\n\n")
     out.append("## Groups\n\n")
@@ -138,6 +196,14 @@ def markdown(runs: list[Run], groups: list[Group], comparisons: list[Comparison]
     if plots:
         out.append("\n## Plots\n\n")
         out += [f"![{p.stem}]({p.name})\n" for p in plots]
+    if heatmaps:
+        out.append("\n## Per-layer density\n\n")
+        out.append(
+            "One heatmap per model: rows are its prunable layers (network order), columns its groups (sparsity "
+            "method, and what else differs), colour the final model's density (fraction of nonzero weights) "
+            "averaged over seeds; grey where a group's model lacks the layer.\n\n"
+        )
+        out += [f"![{p.stem}]({p.name})\n" for p in heatmaps]
     return "".join(out)
 
 

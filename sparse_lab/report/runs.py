@@ -36,6 +36,8 @@ class Run:
     config: dict
     metrics: dict
     key: str = ""
+    layers: list[dict] = field(default_factory=list)  # results.json "layers": the final per-layer densities
+    wandb: dict | None = None  # results.json "wandb": where the run logged (project, group, id, ...)
 
     @property
     def seed(self) -> Any:
@@ -113,6 +115,8 @@ def load_run(path: Path) -> Run:
         data.get("error"),
         data.get("config") or {},
         data.get("metrics") or {},
+        layers=[row for row in data.get("layers") or [] if isinstance(row, dict) and row.get("name") is not None],
+        wandb=data.get("wandb") if isinstance(data.get("wandb"), dict) else None,
     )
 
 
