@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# The user's own HYDRA_FULL_ERROR=1 shows tracebacks; `train` sets it too (for unwrapped errors), hence read now.
+USER_FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 HELP = """\
 usage: sparse-lab <command> [options]
@@ -19,7 +22,10 @@ commands:
                       sparsity=random sparsity.sparsity=0.9 trainer.max_epochs=10
                       -m/--multirun  sweep: sparse-lab train -m model=vit,mobilenet_v2 seed=0,1
                       --cfg job      print the composed config and exit
+                      resume=<run dir>  continue an interrupted or killed run exactly (its config)
+                      skip_completed=true  skip jobs whose config already completed
                       --help         Hydra's help for the train command
+                      --debug        an error with its traceback (train and profile)
   profile [overrides] [--json]
                       per-layer MACs (dense, effective, on the target), energy and parameters of
                       a model without training: sparse-lab profile model=vit model.preset=vit_b16
@@ -48,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         print(HELP, end="")
         return 0
     command, rest = argv[0], argv[1:]
+    if command in ("train", "profile") and "--debug" in rest:  # errors with their traceback (see `fail`)
+        os.environ["SPARSE_LAB_DEBUG"], rest = "1", [a for a in rest if a != "--debug"]
     if command == "--version":
         from sparse_lab import __version__
 
@@ -73,10 +81,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(overrides: list[str]) -> int:
     from sparse_lab.catalog import check_group_choices
-    from sparse_lab.errors import UserError
+    from sparse_lab.errors import RunInterrupted, UserError
+    from sparse_lab.results import COMMAND_ENV
+    from sparse_lab.resume import cli_overrides
 
+    os.environ[COMMAND_ENV] = shlex.join(["sparse-lab", "train", *overrides])  # results.json's "command"
     try:
         check_group_choices(CONFIG_DIR, overrides)
+        overrides = cli_overrides(overrides)  # resume=<run dir>: that run's directory and config
     except UserError as exc:
         return fail(exc)
     # Errors reach us unwrapped, so they can be reported in one line (see `fail`).
@@ -94,10 +106,12 @@ def train(overrides: list[str]) -> int:
 
         from sparse_lab.launch import objective_values, set_job_threads
         from sparse_lab.logs import quiet_third_party_logs
+        from sparse_lab.schema import check_config
 
         quiet_third_party_logs()  # before the heavy imports: some log on import
         hydra_cfg = HydraConfig.get()
         try:
+            check_config(cfg, Path(hydra_cfg.runtime.output_dir))  # every key, before torch (sparse_lab/schema)
             set_job_threads(cfg, hydra_cfg.launcher)  # parallel jobs share the cores (sparse_lab/launch.py)
             from sparse_lab.experiment import run
 
@@ -116,6 +130,9 @@ def train(overrides: list[str]) -> int:
         train_job()
     except (HydraException, OmegaConfBaseException) as exc:
         return fail(exc)
+    except RunInterrupted as exc:  # SIGINT / SIGTERM: the run stopped cleanly and can be resumed
+        print(interrupted_message(exc), file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted; results.json in the run directory says how far the run got", file=sys.stderr)
         return 130
@@ -158,12 +175,29 @@ def report(args: list[str]) -> int:
     return report_main(args)
 
 
+def interrupted_message(exc) -> str:
+    """What an interrupted run prints: the signal, where its status is, and the command that resumes it."""
+    if exc.run_dir is None:
+        return f"{exc}; results.json in the run directory says how far the run got"
+    from sparse_lab.lifecycle import resume_hint, shown
+
+    return f"{exc}: results.json in {shown(exc.run_dir)} says 'interrupted'; {resume_hint(exc.run_dir)}"
+
+
 def fail(exc: BaseException, prefix: str = "") -> int:
     """One line on stderr, no traceback: the message's first line is the informative one."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     message = lines[0] if lines else type(exc).__name__
     if len(lines) > 1 and lines[1].startswith("To append"):  # Hydra: unknown key, with its hint
-        message = f"{message.rstrip('.')}: no such config key ({lines[1][0].lower()}{lines[1][1:]})"
+        from sparse_lab.schema import unknown_override
+
+        message = unknown_override(message, lines[1])
+    if isinstance(getattr(exc, "override", None), str):  # Hydra's grammar rejected an override: name it
+        message = f"cannot parse the override {exc.override!r}: {message} (quote a value with brackets or parentheses)"
+    if os.environ.get("SPARSE_LAB_DEBUG") == "1" or USER_FULL_ERROR:  # --debug / HYDRA_FULL_ERROR=1
+        import traceback
+
+        traceback.print_exception(exc)
     print(f"error: {prefix}{message}", file=sys.stderr)
     return 2
 

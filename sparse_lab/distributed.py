@@ -34,7 +34,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from sparse_lab.errors import UserError
+from sparse_lab.errors import RunInterrupted, UserError
 
 RANKS_DIR = ".ranks"  # in the run directory: the workers' config, logs (ranks > 0) and errors
 # Strategies that fork or spawn from inside the training process: the callbacks' tensors (the masks)
@@ -144,6 +144,9 @@ def launch(cfg: DictConfig, run_dir: Path, local_world: int) -> dict:
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     if failure:
         rank, error = failure
+        code = procs[rank].returncode
+        if results.get("status") == "interrupted" and code is not None and code > 128:  # a signal: resumable
+            raise RunInterrupted(code - 128, run_dir)
         results.update(status="failed", error=f"rank {rank}: {error}")
         results_path.write_text(json.dumps(results, indent=2, default=str))
         raise UserError(f"rank {rank} failed: {error} (logs: {ranks_dir})")
@@ -206,6 +209,8 @@ def worker(run_dir: Path) -> int:
     cfg = OmegaConf.load(run_dir / RANKS_DIR / "config.yaml")
     try:
         run(cfg, run_dir)
+    except RunInterrupted as exc:  # SIGINT / SIGTERM: rank 0's results.json says "interrupted"
+        return exc.exit_code
     except BaseException as exc:
         message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
         (run_dir / RANKS_DIR / f"rank{global_rank()}.error").write_text(message.splitlines()[0] if message else "")

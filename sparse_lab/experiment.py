@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins import CheckpointIO
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import move_data_to_device
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from sparse_lab import distributed
+from sparse_lab import checkpoints, distributed, lifecycle, resume, rng, skip
 from sparse_lab.data import DATASETS
 from sparse_lab.errors import UserError
 from sparse_lab.hardware import TARGETS
@@ -61,8 +62,12 @@ def build_trainer(cfg: DictConfig, accelerator: str, callbacks: list, loggers: l
         return trainer_args.get(flag) is not False and not trainer_args.get("barebones")
 
     if enabled("enable_checkpointing"):
+        # checkpoints/last.ckpt after every epoch (what a resume continues from). Not `save_last=True,
+        # save_top_k=0`: Lightning then writes last.ckpt only when training ends.
         callbacks = callbacks + [
-            pl.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
+            pl.callbacks.ModelCheckpoint(
+                dirpath=run_dir / "checkpoints", filename="last", save_top_k=1, enable_version_counter=False
+            )
         ]
     if accelerator == "gpu" and trainer_args.get("deterministic") is True:
         # CUDA has no deterministic kernel for some backward ops the models use (adaptive pooling,
@@ -72,12 +77,17 @@ def build_trainer(cfg: DictConfig, accelerator: str, callbacks: list, loggers: l
         callbacks = callbacks + [pl.callbacks.RichProgressBar()]
     if enabled("enable_model_summary"):
         callbacks = callbacks + [ModelSummaryWithoutFlops()]  # Lightning's FLOPs line would read 0: see its module
+    plugins = trainer_args.pop("plugins", None)
+    plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [] if plugins is None else [plugins]
+    if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+        plugins.append(checkpoints.AtomicCheckpointIO())  # a killed write leaves the previous checkpoint whole
     try:
         return pl.Trainer(
             accelerator=accelerator,
             default_root_dir=str(run_dir),
             logger=loggers or False,
             callbacks=callbacks,
+            plugins=plugins,
             **trainer_args,
         )
     except (ValueError, TypeError, MisconfigurationException) as exc:  # a bad trainer.<arg> value
@@ -96,13 +106,31 @@ def check_datamodule(datamodule) -> DataInfo:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train and evaluate one configuration; return the results dictionary (also in results.json)."""
+    """Train and evaluate one configuration; return the results dictionary (also in results.json).
+
+    ``cfg.resume`` (a run directory): continue that interrupted run, with its own config, exactly
+    (sparse_lab/resume.py). ``cfg.skip_completed``: return the results of a completed run with the same
+    resolved config instead of running (sparse_lab/skip.py)."""
     run_dir = Path(run_dir)
+    point = None
+    if cfg.get("resume"):
+        point = resume.prepare(Path(cfg.resume))  # checked before anything is written
+        # The run's own config; `resume` stays set so that the ranks of a multi-process run resume too.
+        run_dir, cfg = point.run_dir, OmegaConf.create({**point.config, "resume": str(point.run_dir)})
+        log.info("resuming %s from %s", run_dir, point.describe())
+    elif cfg.get("skip_completed") and (done := skip.completed_run(OmegaConf.to_container(cfg, resolve=True), run_dir)):
+        return done
     run_dir.mkdir(parents=True, exist_ok=True)
     if (launched := distributed.launch_if_needed(cfg, run_dir)) is not None:
         return launched  # this process supervised the ranks; rank 0 wrote results.json
     rank_zero = distributed.global_rank() == 0  # the only rank that writes files
-    results = RunResults(run_dir, OmegaConf.to_container(cfg, resolve=True), write=rank_zero)
+    config = point.config if point else OmegaConf.to_container(cfg, resolve=True)
+    results = RunResults(run_dir, config, write=rank_zero, previous=point.results if point else None)
+    digest = checkpoints.config_digest(config)  # every checkpoint of this run carries it
+    if point is not None and point.results.get("torch_threads"):  # CPU reductions depend on the thread count
+        torch.set_num_threads(int(point.results["torch_threads"]))
+    results.data["torch_threads"] = torch.get_num_threads()
+    guard = lifecycle.SignalGuard().install()  # SIGINT / SIGTERM: stop at a batch end, status "interrupted"
     loggers = []
     try:
         # Everything that validates user input is built before any training starts.
@@ -116,7 +144,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         dense_reference = copy.deepcopy(model)  # timed against the deployed model: as built, before attach
         method.attach(model, seed=cfg.seed, example_input=datamodule.example_input())
         task = build_task(info, model, options(cfg.model.optim) if "optim" in cfg.model else {})
-        loggers = build_loggers(cfg, run_dir, run_name=run_dir.name)
+        loggers = build_loggers(cfg, run_dir, run_name=run_dir.name, wandb_id=point.wandb_id if point else None)
+        if point is not None and rank_zero:
+            resume.keep_csv_rows(loggers)  # metrics.csv goes on from where it was
         if rank_zero and (wandb := wandb_info(loggers)):
             results.update(wandb=wandb)  # project, group, run id and local run directory
         # Measured on the test set, hooks removed after each test; spike statistics priced by the target.
@@ -124,15 +154,38 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         measures = [activations, SpikeStats(target.energy_uj)]  # SpikeStats: models with spiking layers only
         agreement = distributed.MaskAgreement(method)  # multi-process runs: the same masks on every rank
 
+        if point is not None:  # a resume keeps the rounds that completed; the others start over
+            results.data["rounds"] = results.data["rounds"][: len(point.rounds)]
         for round_index in range(method.rounds):
             method.begin_round(round_index, task)
-            trainer = build_trainer(cfg, target.accelerator, [method, *measures, agreement], loggers, run_dir)
+            done = point.round_state(round_index) if point else None
+            if done is not None and round_index < method.rounds - 1:
+                checkpoints.restore_round(done, task.model, method)  # completed before the interruption
+                continue
+            run_callbacks = [
+                lifecycle.StopOnSignal(guard),
+                lifecycle.FiniteLoss(round_index),
+                checkpoints.RunState(round_index, digest),  # round, config digest and RNG in every checkpoint
+            ]
+            callbacks = [method, *measures, agreement, *run_callbacks]
+            trainer = build_trainer(cfg, target.accelerator, callbacks, loggers, run_dir)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", ".*does not have many workers.*")
-                trainer.fit(task, datamodule=datamodule)
+                warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")  # ours
+                if done is not None:  # the last round had completed: tested again for the activation measures
+                    checkpoints.restore_round(done, task.model, method)
+                    test = trainer.test(task, datamodule=datamodule, verbose=False)[0]
+                    rng.restore(done["rng"])
+                    global_step = done["global_step"]
+                    continue
+                ckpt_path = point.checkpoint_for(round_index) if point else None
+                trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
                 test = trainer.test(task, datamodule=datamodule, verbose=False)[0]
+            global_step = trainer.global_step
             results.data["rounds"].append({"round": round_index, **test, **method.summary()})
             results.write()
+            if rank_zero and trainer.checkpoint_callback is not None:  # what a resume replays this round from
+                checkpoints.save_round(run_dir, round_index, task.model, method, digest, test, global_step)
         if agreement.checks:
             results.update(distributed=agreement.report(trainer.world_size))
         if not rank_zero:  # the other ranks trained and tested; profiling and deployment are rank 0's
@@ -144,7 +197,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         hw_metrics, macs_table = target.profile(model, example)
         model.cpu()  # final_model.pt loads anywhere
         metrics = {**test, **method.summary(), **activations.summary(), **hw_metrics}
-        torch.save(model.state_dict(), run_dir / "final_model.pt")
+        checkpoints.atomic_save(model.state_dict(), run_dir / "final_model.pt")
         reference_macs = count_macs(dense_reference.to(target.device), example).dense
         deployed_metrics, deployed = deploy_and_time(
             model,
@@ -159,7 +212,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             measure=cfg.deploy.latency,
         )
         metrics.update(deployed_metrics)
-        log_final(loggers, metrics, step=trainer.global_step, layers=method.layer_table())
+        log_final(loggers, metrics, step=global_step, layers=method.layer_table())
         results.update(
             metrics=metrics,
             sparsity=method.details(),
@@ -173,7 +226,16 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         finish(loggers)
         return results.data
     except BaseException as exc:
-        message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
-        results.finish("failed", error=message)
+        interrupted = lifecycle.interruption(exc)  # a signal (Lightning's SIGTERMException included), else None
+        if interrupted is not None:
+            interrupted.run_dir = run_dir
+            results.finish("interrupted", error=f"{interrupted}; {lifecycle.resume_hint(run_dir)}")
+        else:
+            message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+            results.finish("failed", error=message)
         finish(loggers, failed=True)
+        if interrupted is not None and interrupted is not exc:
+            raise interrupted from None
         raise
+    finally:
+        guard.uninstall()

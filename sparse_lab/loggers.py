@@ -66,7 +66,8 @@ def wandb_group(explicit: str | None) -> str | None:
     return str(explicit) if explicit else sweep_name()
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path, run_name: str) -> list[Logger]:
+def build_loggers(cfg: DictConfig, run_dir: Path, run_name: str, wandb_id: str | None = None) -> list[Logger]:
+    """``wandb_id``: a resumed run's W&B run id; the same W&B run continues (``resume="allow"``)."""
     loggers: list[Logger] = []
     if cfg.logger.csv:
         loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
@@ -89,6 +90,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path, run_name: str) -> list[Logger]
                 offline=mode == "offline",
                 mode=mode,
                 config=flatten_config(config),
+                **({"id": wandb_id, "resume": "allow"} if wandb_id else {}),
             )
         )
     return loggers

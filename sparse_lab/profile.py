@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sparse_lab.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 # Sizes a profile may set although the data config has no such key (the model is never trained on it).
 SIZE_OVERRIDES = ("data.num_classes",)
@@ -53,12 +56,7 @@ def compose(config_dir: Path, overrides: list[str]) -> DictConfig:
 
 def profile(config_dir: Path, overrides: list[str]) -> dict:
     """The profile of the model a configuration (or a run) names, on the configured target."""
-    from sparse_lab.data import DATASETS
-    from sparse_lab.experiment import check_datamodule, options
-    from sparse_lab.hardware import TARGETS
-    from sparse_lab.models import model_from_config
-    from sparse_lab.registry import component_name
-    from sparse_lab.sparsity import METHODS
+    from sparse_lab.schema import SchemaError, check_config, validate_config
 
     run_dir, sizes, rest = split_overrides(overrides)
     if run_dir is not None:
@@ -66,8 +64,22 @@ def profile(config_dir: Path, overrides: list[str]) -> dict:
         chosen = [arg for arg in rest if arg.split("=", 1)[0].lstrip("+~") in ("hardware", "hydra.searchpath")]
         if chosen:  # profile the run's model on another target
             cfg.hardware = compose(config_dir, chosen).hardware
+        try:
+            validate_config(cfg, groups=("data", "hardware"))  # what a profile of a run reads
+        except SchemaError as exc:
+            raise SchemaError(f"{Path(run_dir) / 'results.json'} records a config sparse-lab refuses: {exc}") from None
     else:
         cfg = compose(config_dir, rest)
+        check_config(cfg, data_files=False)  # every key, before torch is imported (sparse_lab/schema)
+    import torch
+
+    from sparse_lab.data import DATASETS
+    from sparse_lab.experiment import check_datamodule, options
+    from sparse_lab.hardware import TARGETS
+    from sparse_lab.models import model_from_config
+    from sparse_lab.registry import component_name
+    from sparse_lab.sparsity import METHODS
+
     target = TARGETS.from_config(options(cfg.hardware))
     datamodule = DATASETS.from_config(options(cfg.data))
     info = check_datamodule(datamodule)
@@ -93,6 +105,13 @@ def run_config(run_dir: Path) -> DictConfig:
         config = json.loads(results.read_text())["config"]
     except (ValueError, KeyError, TypeError):
         raise UserError(f"{results} is not a sparse-lab results file (unreadable or without a config)") from None
+    missing = [
+        group
+        for group in ("data", "model", "hardware")
+        if not isinstance(config, dict) or not isinstance(config.get(group), dict)
+    ]
+    if missing:
+        raise UserError(f"{results} is not a sparse-lab results file (its config has no {missing[0]} section)")
     if not (run_dir / "deployed.pt2").is_file():
         raise UserError(f"{run_dir} holds no deployed.pt2 (the run did not complete, or its model is not exportable)")
     return OmegaConf.create(config)
@@ -100,10 +119,24 @@ def run_config(run_dir: Path) -> DictConfig:
 
 def load_deployed(run_dir: Path) -> torch.nn.Module:
     """The run's deployed program with its module hierarchy restored (so MACs are attributed to layers)."""
+    import logging
+
+    import torch
+
+    export_log = logging.getLogger("torch.export")
+    level, export_log.level = export_log.level, logging.ERROR  # it logs a failed load's traceback as a warning
     try:
         program = torch.export.load(str(run_dir / "deployed.pt2"))
     except Exception as exc:  # a truncated or foreign file
-        raise UserError(f"{run_dir / 'deployed.pt2'} cannot be loaded: {type(exc).__name__}: {exc}") from None
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if not reason or "warnings above" in reason:  # torch's pointer to the log this function silences
+            reason = "not a torch.export archive"
+        raise UserError(
+            f"{run_dir / 'deployed.pt2'} cannot be loaded: {type(exc).__name__}: {reason} "
+            "(a truncated copy, or not a program sparse-lab exported)"
+        ) from None
+    finally:
+        export_log.setLevel(level)
     return torch.export.unflatten(program)
 
 

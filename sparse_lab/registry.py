@@ -64,7 +64,9 @@ class Registry(Generic[T]):
         """Build from a config group's entries (``name`` / ``_target_`` and the constructor's keyword
         arguments) plus ``extra`` keyword arguments supplied by the run (e.g. the data's sizes)."""
         fn = self.constructor(options)
-        kwargs = {k: v for k, v in options.items() if k not in ("name", "_target_")}
+        kwargs = {
+            k: v for k, v in options.items() if k not in ("name", "_target_", "_schema_")
+        }  # _schema_: the keys' schema
         if "_target_" not in options:
             return fn(**kwargs, **extra)
         try:  # a user's callable: a signature mismatch is a config error, not a crash

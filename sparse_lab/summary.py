@@ -24,6 +24,7 @@ ROWS = [
     ("MACs effective (zeros skipped)", "macs/effective", "{:,}"),
     ("MACs on target", "macs/target", "{:,}"),
     ("energy estimate (uJ)", "energy/uJ", "{:.2f}"),
+    ("energy counted as", "energy/convention", "{}"),  # macs | paper_flops (hardware.op_count)
     ("params (total / nonzero)", ("params/total", "params/nonzero"), "{:,} / {:,}"),
     ("latency dense / deployed, batch 1 (ms)", ("latency/dense_ms", "latency/deployed_ms"), "{:.2f} / {:.2f}"),
     (

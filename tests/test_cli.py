@@ -48,7 +48,7 @@ def test_every_config_option_has_a_description():
     "args, message",
     [
         (["train", "model=nosuch"], "error: unknown model 'nosuch'; choose one of: "),
-        (["train", "sparsity.sparsity=1.5"], "error: sparsity.sparsity must be in [0, 1), got 1.5"),
+        (["train", "sparsity.sparsity=1.5"], "error: sparsity.sparsity must be a number in [0, 1), got 1.5"),
         (["train", "nosuchkey=1"], "error: Could not override 'nosuchkey': no such config key"),
         (["frobnicate"], "error: unknown command 'frobnicate'"),
         pytest.param(

@@ -43,7 +43,8 @@ def test_two_process_ddp_rigl_run_from_the_cli(tmp_path):
     assert ddp["world_size"] == 2 and ddp["mask_checks"] == 3
     assert len(ddp["mask_digests"]) == 2 and len(set(ddp["mask_digests"])) == 1
     assert (run_dir / RANKS_DIR / "rank1.log").exists()
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]
+    # rank 0 writes them: the last epoch's checkpoint and round 0's end state (sparse_lab/checkpoints.py)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt", "round_0.pt"]
 
 
 FAILING_DATA = """

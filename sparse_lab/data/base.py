@@ -55,6 +55,15 @@ class ImageDataModule(pl.LightningDataModule):
         return torch.zeros(1, self.info.sizes["in_chans"], self.image_size, self.image_size)
 
 
+def require_samples(where: str, splits: dict[str, Dataset], allow_empty: tuple[str, ...] = ()) -> None:
+    """One clear error when a split a run trains or tests on holds no sample (a partial dataset, a split
+    too small for its fractions); ``where`` names the files or folder the splits come from. An empty
+    validation split only means no validation (Lightning skips it)."""
+    for split, dataset in splits.items():
+        if len(dataset) == 0 and split not in (*allow_empty, "val"):
+            raise UserError(f"{where}: the {split} split is empty (too few samples on disk for the configured split)")
+
+
 def holdout_split(dataset: Dataset, val_fraction: float, seed: int) -> tuple[Subset, Subset]:
     """Split a training set into train and validation parts, seeded."""
     check_range("data.val_fraction", val_fraction, 0.0, 1.0)

@@ -7,12 +7,13 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from sparse_lab.data import DATASETS
-from sparse_lab.data.base import ImageDataModule, holdout_split
+from sparse_lab.data.base import ImageDataModule, holdout_split, require_samples
 from sparse_lab.errors import UserError
 from sparse_lab.protocols import DataInfo
 
@@ -31,14 +32,42 @@ def read_batches(folder: Path, names: list[str]) -> tuple[torch.Tensor, torch.Te
         try:
             with open(path, "rb") as f:
                 batch = pickle.load(f, encoding="bytes")
-            data, targets = batch[b"data"], batch[b"labels"]
         except Exception as exc:  # any unpickling failure means a damaged file
             raise UserError(
                 f"cifar10 file {path} is unreadable ({type(exc).__name__}); re-extract the archive"
             ) from None
+        if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+            raise UserError(f"cifar10 file {path} is not a CIFAR-10 batch (no data and labels); re-extract the archive")
+        try:
+            data, targets = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
+        except ValueError as exc:  # ragged lists
+            raise UserError(f"cifar10 file {path} holds malformed arrays ({exc}); re-extract the archive") from None
+        check_batch(path, data, targets)
         images.append(torch.as_tensor(data, dtype=torch.uint8).reshape(-1, 3, 32, 32))
         labels.append(torch.as_tensor(targets, dtype=torch.long))
     return torch.cat(images), torch.cat(labels)
+
+
+def check_batch(path: Path, data: np.ndarray, labels: np.ndarray) -> None:
+    """A batch file's arrays: [N, 3072] pixel values 0-255 (32x32x3, channel-major) and N labels 0-9."""
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or not np.issubdtype(data.dtype, np.integer):
+        raise UserError(
+            f"cifar10 file {path} holds data of shape {list(data.shape)} ({data.dtype}), expected [N, 3072] "
+            "integers (32x32x3 pixels per image); re-extract the archive"
+        )
+    if len(data) == 0:
+        raise UserError(f"cifar10 file {path} holds no images; re-extract the archive")
+    if data.dtype != np.uint8 and (data.min() < 0 or data.max() > 255):
+        raise UserError(f"cifar10 file {path} holds pixel values outside 0-255; re-extract the archive")
+    if labels.ndim != 1 or len(labels) != len(data) or not np.issubdtype(labels.dtype, np.integer):
+        raise UserError(
+            f"cifar10 file {path} has {len(data)} images but labels of shape {list(labels.shape)} "
+            f"({labels.dtype}); re-extract the archive"
+        )
+    if labels.min() < 0 or labels.max() >= 10:
+        raise UserError(
+            f"cifar10 file {path} has labels outside 0-9 (e.g. {int(labels.max())}); re-extract the archive"
+        )
 
 
 class TransformedTensors(Dataset):
@@ -89,6 +118,10 @@ class Cifar10DataModule(ImageDataModule):
         self.train_set, _ = holdout_split(train_aug, self.val_fraction, self.split_seed)
         _, self.val_set = holdout_split(train_plain, self.val_fraction, self.split_seed)
         self.test_set = TransformedTensors(test_images, test_labels, self._transform(train=False))
+        require_samples(
+            f"cifar10 at {self.folder}",
+            {"train": self.train_set, "val": self.val_set, "test": self.test_set},
+        )
 
 
 @DATASETS.register("cifar10")

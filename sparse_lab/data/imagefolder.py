@@ -54,11 +54,35 @@ class ImageFolderDataModule(ImageDataModule):
         if self.train_set is not None:
             return
         test_split = "test" if (self.root / "test").is_dir() else "val"
-        self.train_set = ImageFolder(self.root / "train", transform=self._transform(train=True))
-        self.val_set = ImageFolder(self.root / "val", transform=self._transform(train=False))
-        self.test_set = ImageFolder(self.root / test_split, transform=self._transform(train=False))
-        if self.val_set.classes != self.train_set.classes:
-            raise UserError(f"imagefolder {self.root}: val classes differ from train classes")
+        self.train_set = image_folder(self.root / "train", self._transform(train=True))
+        self.val_set = image_folder(self.root / "val", self._transform(train=False))
+        self.test_set = image_folder(self.root / test_split, self._transform(train=False))
+        for split, dataset in (("val", self.val_set), (test_split, self.test_set)):
+            if dataset.classes != self.train_set.classes:
+                raise UserError(
+                    f"imagefolder {self.root / split}: its class folders differ from those of {self.root / 'train'}"
+                )
+
+
+def image_folder(folder: Path, transform) -> ImageFolder:
+    """torchvision's ImageFolder; a class folder without images is one line naming the folder."""
+    try:
+        return ImageFolder(folder, transform=transform, loader=load_rgb)
+    except FileNotFoundError as exc:  # "Found no valid file for the classes ..."
+        raise UserError(f"imagefolder {folder}: {str(exc).splitlines()[0]}") from None
+
+
+def load_rgb(path: str):
+    """An image as RGB; a truncated or foreign file is one line naming it (it fails when a batch reads it)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except UnidentifiedImageError:
+        raise UserError(f"imagefolder file {path} is not an image PIL can read") from None
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated data, a bad header
+        raise UserError(f"imagefolder file {path} is unreadable ({exc})") from None
 
 
 @DATASETS.register("imagefolder")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from sparse_lab.data import DATASETS
-from sparse_lab.data.base import holdout_split
+from sparse_lab.data.base import holdout_split, require_samples
 from sparse_lab.data.points import VOXEL_FEATURES, PointCloudDataModule, PointsDataset, normalize_unit_sphere
 from sparse_lab.errors import UserError
 from sparse_lab.protocols import DataInfo
@@ -34,7 +34,13 @@ FOLDER = "modelnet40_normal_resampled"
 def _read_lines(path: Path) -> list[str]:
     if not path.is_file():
         raise UserError(f"modelnet40 not found: missing {path} (set paths.data_dir to the folder holding {FOLDER}/)")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"modelnet40 file {path} is unreadable ({type(exc).__name__}): not a text list") from None
+    if not lines:
+        raise UserError(f"modelnet40 file {path} is empty")
+    return lines
 
 
 def _read_cache(cache: Path, expected: int) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -72,6 +78,8 @@ def read_split(root: Path, split: str, num_points: int) -> tuple[torch.Tensor, t
             raise UserError(f"modelnet40 file {path} is unreadable ({exc})") from None
         if values.shape[1] < 3 or len(values) == 0:
             raise UserError(f"modelnet40 file {path} has no x,y,z rows")
+        if not np.isfinite(values[:, :3]).all():
+            raise UserError(f"modelnet40 file {path} has non-finite coordinates (NaN or inf)")
         points = values[:, :3]
         if len(points) < num_points:  # short file: repeat points (deterministically) to the fixed size
             points = points[np.arange(num_points) % len(points)]
@@ -123,6 +131,10 @@ class ModelNet40DataModule(PointCloudDataModule):
             PointsDataset(train_points, train_labels), self.val_fraction, self.split_seed
         )
         self.test_set = PointsDataset(test_points, test_labels)
+        require_samples(
+            f"modelnet40 at {self.root}",
+            {"train": self.train_set, "val": self.val_set, "test": self.test_set},
+        )
 
 
 @DATASETS.register("modelnet40")

@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import Dataset
 
 from sparse_lab.data import DATASETS
-from sparse_lab.data.base import ImageDataModule, seeded_split
+from sparse_lab.data.base import ImageDataModule, require_samples, seeded_split
 from sparse_lab.errors import UserError
 from sparse_lab.protocols import DataInfo
 
@@ -55,13 +55,18 @@ class SceneFlowDataModule(ImageDataModule):
 
 
 def sample_pair(
-    pc1: np.ndarray, pc2: np.ndarray, num_points: int, rng: np.random.Generator, valid: np.ndarray | None = None
+    pc1: np.ndarray,
+    pc2: np.ndarray,
+    num_points: int,
+    rng: np.random.Generator,
+    valid: np.ndarray | None = None,
+    where: str = "a scene-flow sample",
 ) -> dict:
     """HPLFlowNet sampling: flow = pc2 - pc1 on corresponding rows; independent indices for each frame."""
     flow = pc2 - pc1
     indices = np.flatnonzero(valid) if valid is not None else np.arange(len(pc1))
     if len(indices) == 0:
-        raise UserError("a scene-flow sample has no point within the depth limit")
+        raise UserError(f"{where} has no point within the depth limit ({DEPTH_THRESHOLD:g} m; KITTI: above the ground)")
     replace = len(indices) < num_points
     idx1 = rng.choice(indices, size=num_points, replace=replace)
     idx2 = rng.choice(indices, size=num_points, replace=replace)
@@ -87,14 +92,16 @@ class HPLFlowNetScenes(Dataset):
         frames = []
         for name in ("pc1.npy", "pc2.npy"):
             try:
-                frames.append(np.load(folder / name).astype(np.float32)[:, :3])
+                array = np.load(folder / name)
             except Exception as exc:
                 raise UserError(f"{self.dataset} file {folder / name} is unreadable ({type(exc).__name__})") from None
+            check_frame(folder / name, array, self.dataset)
+            frame = array.astype(np.float32)[:, :3]
+            if not np.isfinite(frame).all():
+                raise UserError(f"{self.dataset} file {folder / name} has non-finite coordinates (NaN or inf)")
+            frames.append(frame)
         pc1, pc2 = frames
-        if pc1.shape != pc2.shape:
-            raise UserError(
-                f"{self.dataset} scene {folder}: pc1.npy and pc2.npy differ in shape ({pc1.shape} vs {pc2.shape})"
-            )
+        check_pair(folder, pc1.shape, pc2.shape, self.dataset)
         keep = np.ones(len(pc1), dtype=bool)
         if self.dataset == "flyingthings3d":
             pc1[:, [0, 2]] *= -1  # HPLFlowNet: "multiply -1 only for subset datasets"
@@ -110,16 +117,59 @@ class HPLFlowNetScenes(Dataset):
             rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ())))
         else:
             rng = np.random.default_rng([self.sample_seed, i])
-        return sample_pair(pc1, pc2, self.num_points, rng, keep)
+        return sample_pair(pc1, pc2, self.num_points, rng, keep, where=f"{self.dataset} scene {self.folders[i]}")
+
+
+def check_frame(path: Path, array: np.ndarray, dataset: str) -> None:
+    """A frame is [N, 3+] real numbers (x, y, z first)."""
+    numeric = np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
+    if array.ndim != 2 or array.shape[1] < 3 or not numeric:
+        raise UserError(
+            f"{dataset} file {path} holds a {array.dtype} array of shape {list(array.shape)}, "
+            "expected [N, 3] numbers (x, y, z per row)"
+        )
+
+
+def check_pair(folder: Path, shape1: tuple, shape2: tuple, dataset: str) -> None:
+    if tuple(shape1) != tuple(shape2):
+        raise UserError(
+            f"{dataset} scene {folder}: pc1.npy and pc2.npy differ in shape ({list(shape1)} vs {list(shape2)})"
+        )
+    if shape1[0] == 0:
+        raise UserError(f"{dataset} scene {folder}: pc1.npy and pc2.npy hold no points")
+
+
+def check_scene(folder: Path, dataset: str) -> None:
+    """A scene's two frames from their .npy headers alone (memory-mapped, ~0.1 ms a file): a missing,
+    truncated or foreign file, a wrong shape or dtype is found when the data is set up, not mid-training."""
+    shapes = []
+    for name in ("pc1.npy", "pc2.npy"):
+        path = folder / name
+        if not path.is_file():
+            raise UserError(f"{dataset} scene {folder} has no {name}")
+        with open(path, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":
+                raise UserError(f"{dataset} file {path} is unreadable (not a .npy file)")
+        try:
+            array = np.load(path, mmap_mode="r")
+        except Exception as exc:  # truncated ("mmap length is greater than file size"), a bad header, objects
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UserError(f"{dataset} file {path} is unreadable ({reason})") from None
+        check_frame(path, array, dataset)
+        shapes.append(array.shape)
+    check_pair(folder, *shapes, dataset)
 
 
 def scene_folders(root: Path, dataset: str, hint: str) -> list[Path]:
-    """Sorted scene folders under ``root`` (each with pc1.npy); a one-line UserError if there are none."""
+    """Sorted scene folders under ``root`` (each with pc1.npy), their files checked; a one-line UserError
+    if there are none or one is broken."""
     if not root.is_dir():
         raise UserError(f"{dataset} not found: missing {root} ({hint})")
     folders = sorted(p for p in root.iterdir() if (p / "pc1.npy").is_file())
     if not folders:
         raise UserError(f"{dataset} not found: no <scene>/pc1.npy under {root} ({hint})")
+    for folder in folders:
+        check_scene(folder, dataset)
     return folders
 
 
@@ -154,6 +204,10 @@ class FlyingThings3DDataModule(SceneFlowDataModule):
             [train[i] for i in val_idx], "flyingthings3d", self.num_points, False, self.sample_seed
         )
         self.test_set = HPLFlowNetScenes(test, "flyingthings3d", self.num_points, False, self.sample_seed)
+        require_samples(
+            f"flyingthings3d at {self.root}",
+            {"train": self.train_set, "val": self.val_set, "test": self.test_set},
+        )
 
 
 class KittiSceneFlowDataModule(SceneFlowDataModule):
@@ -185,6 +239,11 @@ class KittiSceneFlowDataModule(SceneFlowDataModule):
         self.train_set, self.val_set, self.test_set = (
             HPLFlowNetScenes([scenes[i] for i in idx], "kitti_sf", self.num_points, train, self.sample_seed)
             for idx, train in zip(parts, (True, False, False))
+        )
+        require_samples(
+            f"kitti_sf at {self.root} ({len(scenes)} scene{'s' * (len(scenes) != 1)}, split {list(self.split)})",
+            {"train": self.train_set, "val": self.val_set, "test": self.test_set},
+            allow_empty=("train",) if self.split[0] == 0 else (),  # [0, 0, 1]: HPLFlowNet's test-only protocol
         )
 
 

@@ -6,6 +6,12 @@ Zero weights are skipped (a pruned synapse is absent on neuromorphic hardware), 
 the effective MAC count of the real-valued layers (``executed_macs``: 0 for a layer reading spikes).
 A model without spiking layers is all MACs: the estimate then equals the ``ideal`` target's. Runs on
 the CPU.
+
+``op_count`` is how operations are counted for the energy (``measure.sops.OP_COUNTS``): ``macs`` (MACs and
+SOPs, the default) or ``paper_flops`` (E-3DSNN's energy script: a sparse conv's 2 x pairs x C_in x C_out
+- N_out FLOPs, SOPs as firing rate x FLOPs), about twice the ``macs`` energy, to set numbers beside the
+paper's table. ``energy/convention`` names it; ``energy/mac_ops`` and ``energy/sop_ops`` are the counts
+priced at E_MAC and E_SOP; ``macs/target`` and ``sops/target`` stay MACs and SOPs whatever the convention.
 """
 
 from __future__ import annotations
@@ -15,12 +21,17 @@ from torch import nn
 
 from sparse_lab.hardware.targets import TARGETS, HardwareTarget
 from sparse_lab.measure import SpikeCounter
+from sparse_lab.measure.sops import check_op_count, priced_counts
 from sparse_lab.protocols import SpikeInput
 
 
 @TARGETS.register("neuromorphic")
 class NeuromorphicTarget(HardwareTarget):
     """Spiking layers cost SOPs, real-valued layers MACs; zero weights skipped."""
+
+    def __init__(self, *, op_count: str = "macs", **prices: float):
+        super().__init__(**prices)
+        self.op_count = check_op_count(op_count)
 
     def executed_macs(self, row) -> int:
         """A layer reading spikes executes no MAC (it accumulates: SOPs, counted by ``SpikeCounter``);
@@ -41,5 +52,8 @@ class NeuromorphicTarget(HardwareTarget):
         totals = counter.totals()
         metrics["macs/target"] = round(totals["snn/macs"])
         metrics["sops/target"] = totals["snn/sops"]
-        metrics["energy/uJ"] = self.energy_uj(totals["snn/macs"], totals["snn/sops"])
+        mac_ops, sop_ops = priced_counts(totals, self.op_count)
+        metrics["energy/uJ"] = self.energy_uj(mac_ops, sop_ops)
+        metrics["energy/convention"] = self.op_count
+        metrics["energy/mac_ops"], metrics["energy/sop_ops"] = mac_ops, sop_ops
         return metrics, table

@@ -66,6 +66,7 @@ class HardwareTarget:
             "macs/effective": count.effective,
             "macs/target": count.target,
             "energy/uJ": self.energy_uj(count.target),
+            "energy/convention": "macs",  # operations priced as MACs (neuromorphic: also "paper_flops")
             "params/total": total,
             "params/nonzero": nonzero,
         }

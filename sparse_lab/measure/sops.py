@@ -14,6 +14,14 @@ Conventions a spiking model follows (E-3DSNN does; see ``protocols.ActivationRep
 Counts are per sample. *Effective* counts skip zero weights (a pruned synapse never fires); ``dense``
 counts assume every weight present. What an operation costs is the hardware target's business: the
 callback prices the counts with the ``energy_uj(macs, sops)`` it is given.
+
+Operation-count conventions (``OP_COUNTS``; the neuromorphic target's ``op_count``):
+
+- ``macs`` (default): a MAC layer costs its multiply-accumulates, a spiking layer its SOPs as above;
+- ``paper_flops``: E-3DSNN's energy script. A sparse conv's MACs M count as 2M - N_out FLOPs (N_out:
+  its active output sites; ``sparse_conv.paper_flops``), its SOPs as firing rate x those FLOPs (SOPs x
+  (2 - N_out / M)); a dense Linear / Conv counts 2 x MACs (the script has none of those). Energies are
+  then about twice the ``macs`` ones, comparable with the paper's table.
 """
 
 from __future__ import annotations
@@ -25,11 +33,28 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from sparse_lab.measure.sparse_conv import sparse_conv_macs, sparse_conv_sops
+from sparse_lab.measure.sparse_conv import sparse_conv_counts
 from sparse_lab.protocols import ActivationReport, SpikeInput
 from sparse_lab.spconv_layout import is_sparse_conv
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+OP_COUNTS = ("macs", "paper_flops")  # how operations are counted for energy (module docstring)
+
+
+def check_op_count(op_count: str) -> str:
+    if op_count not in OP_COUNTS:
+        from sparse_lab.errors import UserError
+
+        raise UserError(f"hardware.op_count must be one of {', '.join(OP_COUNTS)}, got {op_count!r}")
+    return op_count
+
+
+def priced_counts(totals: dict, op_count: str = "macs") -> tuple[float, float]:
+    """(operations priced at E_MAC, operations priced at E_SOP) of ``SpikeCounter.totals()`` in the
+    convention ``op_count``: MACs and SOPs (``macs``) or E-3DSNN's FLOPs (``paper_flops``)."""
+    if check_op_count(op_count) == "macs":
+        return totals["snn/macs"], totals["snn/sops"]
+    return totals["snn/mac_flops"], totals["snn/sop_flops"]
 
 
 @dataclass
@@ -46,6 +71,7 @@ class SynapseCount:
     kind: str  # sops | macs
     dense: float = 0.0
     effective: float = 0.0
+    flops: float = 0.0  # ``effective`` in E-3DSNN's FLOP convention (``paper_flops``)
 
 
 def is_spiking_neuron(module: nn.Module) -> bool:
@@ -101,7 +127,10 @@ class SpikeCounter:
 
     def _count_samples(self, module, inputs) -> None:
         x = inputs[0]
-        self.samples += len(x) if not isinstance(x, torch.Tensor) else x.shape[0]
+        if isinstance(x, torch.Tensor):
+            self.samples += x.shape[0]
+        else:  # a spconv SparseConvTensor knows its batch size; a batch object its length
+            self.samples += x.batch_size if isinstance(getattr(x, "batch_size", None), int) else len(x)
 
     @staticmethod
     def _neuron_hook(entry: NeuronCount):
@@ -118,11 +147,13 @@ class SpikeCounter:
         @torch.no_grad()
         def hook(module, inputs, output):
             if is_sparse_conv(module):
-                dense, effective = (sparse_conv_sops if spikes else sparse_conv_macs)(module, inputs[0], output)
+                dense, effective, _, flops = sparse_conv_counts(module, inputs[0], output, spikes)
             else:
                 dense, effective = _linear_like_costs(module, inputs[0], output, spikes)
+                flops = 2 * effective  # a FLOP per multiply and per add
             entry.dense += dense
             entry.effective += effective
+            entry.flops += flops
 
         return hook
 
@@ -139,7 +170,8 @@ class SpikeCounter:
 
     # -- results ------------------------------------------------------------------------------
     def totals(self) -> dict:
-        """Per-sample totals: SOPs and MACs (dense and effective) and spike statistics."""
+        """Per-sample totals: SOPs and MACs (dense and effective), the effective ones in E-3DSNN's FLOP
+        convention (``snn/mac_flops``, ``snn/sop_flops``) and spike statistics."""
         n = max(self.samples, 1)
         sops = sum(s.effective for s in self.synapses.values() if s.kind == "sops") / n
         sops_dense = sum(s.dense for s in self.synapses.values() if s.kind == "sops") / n
@@ -153,6 +185,8 @@ class SpikeCounter:
             "snn/sops_dense": sops_dense,
             "snn/macs": macs,
             "snn/macs_dense": macs_dense,
+            "snn/mac_flops": sum(s.flops for s in self.synapses.values() if s.kind == "macs") / n,
+            "snn/sop_flops": sum(s.flops for s in self.synapses.values() if s.kind == "sops") / n,
         }
 
     def layer_rates(self) -> dict:
@@ -175,10 +209,16 @@ class SpikeCounter:
 class SpikeStats(pl.Callback):
     """During ``Trainer.test`` of a model with spiking layers: log spike rate (overall and per layer), SOPs
     and MACs per sample, and ``snn/energy_uJ`` = ``energy_uj(macs, sops)``, the run's target's prices (so
-    it agrees with that target's ``energy/uJ``). A model without spiking layers logs nothing."""
+    it agrees with that target's ``energy/uJ``). A model without spiking layers logs nothing.
 
-    def __init__(self, energy_uj: Callable[[float, float], float]):
+    ``op_count`` is the convention the counts are priced in (``OP_COUNTS``); by default the one of the
+    target whose ``energy_uj`` this is (its ``op_count``, else ``macs``)."""
+
+    def __init__(self, energy_uj: Callable[[float, float], float], op_count: str | None = None):
         self.energy_uj = energy_uj
+        if op_count is None:
+            op_count = getattr(getattr(energy_uj, "__self__", None), "op_count", "macs")
+        self.op_count = check_op_count(op_count)
         self.counter: SpikeCounter | None = None
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -190,7 +230,7 @@ class SpikeStats(pl.Callback):
             return
         self.counter.stop()
         totals = self.counter.totals()
-        totals["snn/energy_uJ"] = self.energy_uj(totals["snn/macs"], totals["snn/sops"])
+        totals["snn/energy_uJ"] = self.energy_uj(*priced_counts(totals, self.op_count))
         for key, value in {**totals, **self.counter.layer_rates()}.items():
             pl_module.log(key, float(value), on_step=False, on_epoch=True)
 

@@ -3,7 +3,14 @@
 A sparse convolution multiplies a ``C_in`` feature vector by a ``C_in x C_out`` weight slice once per
 *active pair* (input site, kernel offset, output site), so
 
-    MACs = pairs x C_in x C_out        (FLOPs = 2 x MACs; we report MACs)
+    MACs = pairs x C_in x C_out        (we report MACs)
+
+E-3DSNN's energy script (``energy_calculate.py``, ``calculate_gemm_flops``) counts FLOPs instead:
+
+    FLOPs = 2 x pairs x C_in x C_out - N_out        (N_out: the output's active sites, ``pair_fwd.shape[1]``)
+
+and prices those at E_MAC / E_AC, so its absolute energies are about twice ours. ``paper_flops`` is that
+formula; the neuromorphic target's ``op_count: paper_flops`` prices counts in it (``sops.SpikeCounter``).
 
 and, when its inputs are spikes (integer spike counts ``s``), a synaptic operation is one spike
 reaching one target neuron:
@@ -99,13 +106,23 @@ def pair_mask(module: nn.Module, inp, out) -> torch.Tensor:
     return valid & found.reshape(valid.shape)
 
 
-@torch.no_grad()
-def sparse_conv_macs(module: nn.Module, inp, out) -> tuple[int, int]:
-    """(dense, effective) MACs: pairs x C_in x C_out, and the same skipping zero weights per offset."""
-    pairs_per_offset = pair_mask(module, inp, out).sum(1).to(torch.float64)  # [K]
+def _macs(module: nn.Module, mask: torch.Tensor) -> tuple[int, int]:
+    pairs_per_offset = mask.sum(1).to(torch.float64)  # [K]
     dense = int(pairs_per_offset.sum().item()) * module.in_channels * module.out_channels
     nonzero = (kernel_major_weight(module) != 0).sum((1, 2)).to(torch.float64)  # [K]
     return dense, int((pairs_per_offset * nonzero).sum().item())
+
+
+def _sops(module: nn.Module, inp, mask: torch.Tensor) -> tuple[float, float]:
+    spikes = mask.to(inp.features.dtype) @ inp.features.detach()  # [K, C_in]
+    fan_out = (kernel_major_weight(module) != 0).sum(1).to(spikes.dtype)  # [K, C_in]
+    return float(spikes.sum()) * module.out_channels, float((spikes * fan_out).sum())
+
+
+@torch.no_grad()
+def sparse_conv_macs(module: nn.Module, inp, out) -> tuple[int, int]:
+    """(dense, effective) MACs: pairs x C_in x C_out, and the same skipping zero weights per offset."""
+    return _macs(module, pair_mask(module, inp, out))
 
 
 @torch.no_grad()
@@ -115,7 +132,26 @@ def sparse_conv_sops(module: nn.Module, inp, out) -> tuple[float, float]:
     ``S[k, c]`` = spikes of channel ``c`` summed over the input sites paired at offset ``k``; each
     reaches ``C_out`` neurons (dense) or the ``C_out`` with a nonzero weight (effective).
     """
-    mask = pair_mask(module, inp, out).to(inp.features.dtype)  # [K, N]
-    spikes = mask @ inp.features.detach()  # [K, C_in]
-    fan_out = (kernel_major_weight(module) != 0).sum(1).to(spikes.dtype)  # [K, C_in]
-    return float(spikes.sum()) * module.out_channels, float((spikes * fan_out).sum())
+    return _sops(module, inp, pair_mask(module, inp, out))
+
+
+def paper_flops(macs: float, out_sites: int) -> float:
+    """E-3DSNN's FLOPs of a sparse conv with ``macs`` = pairs x C_in x C_out: 2 x macs - N_out."""
+    return 2 * macs - out_sites
+
+
+@torch.no_grad()
+def sparse_conv_counts(module: nn.Module, inp, out, spikes: bool) -> tuple[float, float, float, float]:
+    """(dense, effective, dense FLOPs, effective FLOPs) of one call, the pair mask built once.
+
+    The first two are MACs, or SOPs when ``spikes``. The FLOPs are the same operations in E-3DSNN's
+    convention: the layer's MACs M become ``paper_flops(M, N_out)`` = 2M - N_out exactly, and any other
+    count c of the layer (SOPs, effective MACs) scales with it, c x (2 - N_out / M) (the paper's SOPs
+    are firing rate x FLOPs)."""
+    mask = pair_mask(module, inp, out)
+    macs, effective_macs = _macs(module, mask)
+    dense, effective = _sops(module, inp, mask) if spikes else (macs, effective_macs)
+    out_sites = int(out.indices.shape[0])
+    if not macs:
+        return dense, effective, 0.0, 0.0
+    return dense, effective, 2 * dense - out_sites * (dense / macs), 2 * effective - out_sites * (effective / macs)

@@ -13,7 +13,7 @@ from torch import nn
 
 from sparse_lab.errors import UserError, check_range
 from sparse_lab.sparsity.distributions import DISTRIBUTIONS, layer_densities
-from sparse_lab.sparsity.prunable import PrunableParam, prunable_parameters
+from sparse_lab.sparsity.prunable import PrunableParam, dense_weight_layers, is_weight_layer, prunable_parameters
 
 
 class SparsityMethod(pl.Callback):
@@ -36,6 +36,7 @@ class SparsityMethod(pl.Callback):
         self.distribution = distribution
         self.prune_first_layer, self.prune_classifier, self.exclude = prune_first_layer, prune_classifier, list(exclude)
         self.params: list[PrunableParam] = []
+        self.dense_layers: list[dict] = []  # weight layers left dense: {"name", "shape", "reason"} (details())
         self.target_densities: list[float] = []
         self.masks: dict[str, torch.Tensor] = {}
         self._masked: list[torch.Tensor] = []  # weights that have a mask, aligned with _multipliers
@@ -53,6 +54,7 @@ class SparsityMethod(pl.Callback):
         ``example_input`` (one sample, as the datamodule's ``example_input()``) is for methods that
         must trace or measure the model (structured methods on models that declare no channel groups)."""
         self.params = self.select_params(model)
+        self.dense_layers = self.kept_dense(model)
         if not self.params and self.sparsity > 0:
             raise UserError(f"{self.name}: the model has no prunable weights under the current rule")
         self.target_densities = layer_densities(
@@ -64,13 +66,45 @@ class SparsityMethod(pl.Callback):
         """The weights this method sparsifies: the project's prunable-parameter rule (methods narrow it)."""
         return prunable_parameters(model, self.prune_first_layer, self.prune_classifier, self.exclude)
 
+    def kept_dense(self, model: nn.Module) -> list[dict]:
+        """The weight layers this method leaves dense, in model order, each with the reason: the rule's
+        (first layer, classifier, ``exclude``) or the method's own (``not_selected_reason``)."""
+        rule = {
+            row["name"]: row
+            for row in dense_weight_layers(model, self.prune_first_layer, self.prune_classifier, self.exclude)
+        }
+        chosen = {p.name for p in self.params}
+        rows = []
+        for name, module in model.named_modules():
+            weight = f"{name}.weight" if name else "weight"
+            if not is_weight_layer(module) or weight in chosen:
+                continue
+            reason = rule[weight]["reason"] if weight in rule else self.not_selected_reason(weight)
+            rows.append({"name": weight, "shape": list(module.weight.shape), "reason": reason})
+        return rows
+
+    def not_selected_reason(self, name: str) -> str:
+        """Why a weight the prunable-parameter rule allows is not among this method's (``select_params``
+        narrowed it)."""
+        return f"not selected by {self.name}"
+
+    def layer_rule(self) -> dict:
+        """What the method prunes, for results.json: the rule's switches and every weight layer left dense."""
+        return {
+            "prune_first_layer": self.prune_first_layer,
+            "prune_classifier": self.prune_classifier,
+            "exclude": list(self.exclude),
+            "dense_layers": list(self.dense_layers),
+        }
+
     def begin_round(self, index: int, task: pl.LightningModule) -> None:
         """Called before each round's fit. Iterative methods prune, rewind or rebuild ``task.model`` here;
         one-round methods have nothing to do."""
 
     def details(self) -> dict:
-        """Method-specific facts for results.json (under "sparsity"), e.g. layers left dense."""
-        return {"method": self.name, "distribution": self.distribution}
+        """Method-specific facts for results.json (under "sparsity"), with the layers left dense and why
+        (``layer_rule``)."""
+        return {"method": self.name, "distribution": self.distribution, **self.layer_rule()}
 
     def initial_masks(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Masks (bool, shaped like the weight) by parameter name; weights without one stay dense."""

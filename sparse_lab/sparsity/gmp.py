@@ -87,6 +87,11 @@ class GradualMagnitudePruning(SparsityMethod):
             )
         return pointwise
 
+    def not_selected_reason(self, name: str) -> str:
+        if self.pointwise_only:
+            return "not a 1x1 convolution (sparsity.pointwise_only=true)"
+        return super().not_selected_reason(name)
+
     def attach(self, model: nn.Module, seed: int = 0, example_input=None) -> None:
         self.history, self.current_sparsity = [], 0.0
         super().attach(model, seed, example_input)  # dense (no initial masks) until the schedule prunes
@@ -132,7 +137,9 @@ class GradualMagnitudePruning(SparsityMethod):
             pl_module.log("sparsity/scheduled", self.current_sparsity, on_step=True, on_epoch=False)
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # At fit end rather than train end: a fit resumed from the last epoch's checkpoint runs no training
+        # loop (no on_train_end) but still ends its fit here.
         if self.current_sparsity < self.sparsity:
             log.info(
                 "gmp: training ended at step %d before the schedule's end (%d); pruning to %.3f now",

@@ -13,7 +13,9 @@ Ticket Hypothesis").
 
 Round r therefore trains at density (1 − p)^r exactly by count (``round((1 − p)^r · N)`` weights,
 over all prunable weights for ``global``, per layer for ``layerwise``), and the final network has
-density (1 − p)^k; ``sparsity/target`` reports the current round's target.
+density (1 − p)^k; ``sparsity/target`` reports the current round's target. With ``layerwise`` the
+classifier (when pruned) loses ``classifier_rate_factor`` · p per round instead (Frankle & Carbin prune the
+output layer at half the rate of the other fully-connected layers); ``global`` ranks it with the rest.
 
 ``reinit: true`` is the paper's random-reinitialisation control: rounds 0..k−1 are the same as the
 ticket's (same seed, so the same masks), and the last round trains the ticket's final masks from a
@@ -31,6 +33,7 @@ from sparse_lab.errors import UserError, check_range
 from sparse_lab.sparsity import METHODS
 from sparse_lab.sparsity.base import SparsityMethod
 from sparse_lab.sparsity.masks import kept_count, topk_mask
+from sparse_lab.sparsity.prunable import dense_layer_names, is_weight_layer
 
 SCOPES = ("global", "layerwise")
 
@@ -45,6 +48,7 @@ class LotteryTicket(SparsityMethod):
         rewind_step: int = 0,
         reinit: bool = False,
         reinit_seed: int = 1,
+        classifier_rate_factor: float = 1.0,
         prune_first_layer: bool = False,
         prune_classifier: bool = False,
         exclude: list[str] | tuple[str, ...] = (),
@@ -69,6 +73,10 @@ class LotteryTicket(SparsityMethod):
         if int(rewind_step) != rewind_step or rewind_step < 0:
             raise UserError(f"sparsity.rewind_step must be a whole number >= 0, got {rewind_step}")
         self.rewind_step, self.reinit, self.reinit_seed = int(rewind_step), bool(reinit), int(reinit_seed)
+        self.classifier_rate_factor = check_range(
+            "sparsity.classifier_rate_factor", classifier_rate_factor, 0.0, 1.0, high_inclusive=True
+        )
+        self.classifier_weights: set[str] = set()  # the prunable weights of the classifier (layerwise rate)
         self.round = 0
         self.init_state: dict[str, torch.Tensor] = {}  # θ_0: every parameter and buffer at attach
         self.rewind_state: dict[str, torch.Tensor] | None = None  # θ_s (θ_0 when rewind_step is 0)
@@ -77,13 +85,19 @@ class LotteryTicket(SparsityMethod):
     # -- set-up -------------------------------------------------------------------------------
     def attach(self, model: torch.nn.Module, seed: int = 0, example_input=None) -> None:
         super().attach(model, seed, example_input)
+        layers = [name for name, m in model.named_modules() if is_weight_layer(m)]
+        outputs = dense_layer_names(model, layers)[1] if layers else set()
+        self.classifier_weights = {p.name for p in self.params if p.name.removesuffix(".weight") in outputs}
         self.target_densities = [1.0] * len(self.params)
         self.init_state = _snapshot(model)
         if self.rewind_step == 0:
             self.rewind_state = self.init_state
 
-    def density(self, round_index: int) -> float:
-        """Target density of round ``round_index``: (1 − p)^r."""
+    def density(self, round_index: int, name: str | None = None) -> float:
+        """Target density of round ``round_index``: (1 − p)^r; for the classifier's weight ``name`` under
+        ``layerwise``, (1 − f·p)^r with f = ``classifier_rate_factor``."""
+        if self.scope == "layerwise" and name in self.classifier_weights:
+            return (1.0 - self.classifier_rate_factor * self.prune_rate) ** round_index
         return (1.0 - self.prune_rate) ** round_index
 
     # -- rounds -------------------------------------------------------------------------------
@@ -121,7 +135,10 @@ class LotteryTicket(SparsityMethod):
                 score = torch.where(mask.cpu(), score, torch.full_like(score, -1.0))  # pruned stay pruned
             scores.append(score)
         if self.scope == "layerwise":
-            masks = {p.name: topk_mask(s, kept_count(density, p.numel)) for p, s in zip(self.params, scores)}
+            masks = {
+                p.name: topk_mask(s, kept_count(self.density(index, p.name), p.numel))
+                for p, s in zip(self.params, scores)
+            }
         else:
             flat = torch.cat([s.flatten() for s in scores])
             keep = topk_mask(flat, kept_count(density, flat.numel())).split([p.numel for p in self.params])
@@ -129,7 +146,7 @@ class LotteryTicket(SparsityMethod):
         self.target_densities = (
             [float(masks[p.name].sum()) / p.numel for p in self.params]
             if self.scope == "global"
-            else [density] * len(self.params)
+            else [self.density(index, p.name) for p in self.params]
         )
         return masks
 
@@ -152,14 +169,32 @@ class LotteryTicket(SparsityMethod):
             "rewind_step": self.rewind_step,
             "reinit": self.reinit,
             "final_target_density": self.density(self.prune_rounds),
+            "classifier_rate_factor": self.classifier_rate_factor,
+            **self.layer_rule(),
         }
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "round": self.round}
+        """Masks, round, the layer targets, θ_0 and the rewind point (None until round 0 reaches
+        ``rewind_step``; stored once when it is θ_0)."""
+        rewind_is_init = self.rewind_state is self.init_state
+        return {
+            **super().state_dict(),
+            "round": self.round,
+            "target_densities": list(self.target_densities),
+            "init_state": self.init_state,
+            "rewind_is_init": rewind_is_init,
+            "rewind_state": None if rewind_is_init else self.rewind_state,
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
         self.round = state_dict.get("round", self.round)
+        self.target_densities = list(state_dict.get("target_densities", self.target_densities))
+        self.init_state = state_dict.get("init_state", self.init_state)
+        if state_dict.get("rewind_is_init", self.rewind_step == 0):
+            self.rewind_state = self.init_state
+        elif "rewind_state" in state_dict:
+            self.rewind_state = state_dict["rewind_state"]
 
 
 def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -371,11 +371,19 @@ class MaskSparsity(SparsityMethod):
 
     def state_dict(self) -> dict:
         selected = {k: v.cpu() for k, v in self.selected.items()}
-        return {**super().state_dict(), "selected": selected, "round": self.round, "pruned": self.pruned}
+        # The narrowed architecture of round 1 is not stored: begin_round(1) rebuilds it from `selected`.
+        return {
+            **super().state_dict(),
+            "selected": selected,
+            "round": self.round,
+            "pruned": self.pruned,
+            "stats": copy.deepcopy(self.stats),  # MACs and parameters before / after: results.json's figures
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
         self.selected = dict(state_dict.get("selected", {}))
         self.round, self.pruned = state_dict.get("round", 0), state_dict.get("pruned", False)
+        self.stats = copy.deepcopy(state_dict.get("stats", self.stats))
         if self.selected and self.groups:
             self._index_selected()

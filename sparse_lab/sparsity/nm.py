@@ -165,7 +165,7 @@ class NMSparsity(SparsityMethod):
         self.sr_ste = bool(sr_ste)
         self.sr_ste_lambda = float(check_range("sparsity.sr_ste_lambda", sr_ste_lambda, 0.0, math.inf))
         self.ramp_fraction = check_range("sparsity.ramp_fraction", ramp_fraction, 0.0, 1.0, high_inclusive=True)
-        self.dense_layers: list[dict] = []
+        self._indivisible: dict[str, str] = {}  # prunable weights left dense: input size not a multiple of M
         self.current_n = n if self.ramp_fraction == 0 else m
         self._handles: list = []
         self._total_steps = 1
@@ -175,17 +175,20 @@ class NMSparsity(SparsityMethod):
         """Prunable layers whose input size is a multiple of M; the others stay dense and are listed.
 
         Dense weights are trained (no initial masks); the final N:M mask is applied at the end of fit."""
-        params, self.dense_layers = [], []
+        params, self._indivisible = [], {}
         for p in super().select_params(model):
             size = input_size(p.param, input_last(p.module)) if p.param.ndim >= 2 else None
             if size is not None and size % self.m == 0:
                 params.append(p)
             else:
                 reason = f"input dimension {size if size is not None else p.shape} not a multiple of {self.m}"
-                self.dense_layers.append({"name": p.name, "shape": list(p.shape), "reason": reason})
+                self._indivisible[p.name] = reason
         if not params:
             raise UserError(f"nm: no prunable layer has an input dimension divisible by m={self.m}")
         return params
+
+    def not_selected_reason(self, name: str) -> str:
+        return self._indivisible.get(name) or super().not_selected_reason(name)
 
     def details(self) -> dict:
         return {
@@ -197,7 +200,7 @@ class NMSparsity(SparsityMethod):
             "ramp_fraction": self.ramp_fraction,
             "pattern": f"{self.n}:{self.m}",
             "sparsified_layers": [p.name for p in self.params],
-            "dense_layers": self.dense_layers,
+            **self.layer_rule(),  # dense_layers: the rule's and those whose input size is not a multiple of M
         }
 
     def target_sparsity(self) -> float:

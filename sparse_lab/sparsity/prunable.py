@@ -52,23 +52,47 @@ def prunable_parameters(
     prune_classifier: bool = False,
     exclude: list[str] | tuple[str, ...] = (),
 ) -> list[PrunableParam]:
+    return [
+        PrunableParam(name, module, module.weight)
+        for name, module, reason in _weight_layers(model, prune_first_layer, prune_classifier, exclude)
+        if reason is None
+    ]
+
+
+def dense_weight_layers(
+    model: nn.Module,
+    prune_first_layer: bool = False,
+    prune_classifier: bool = False,
+    exclude: list[str] | tuple[str, ...] = (),
+) -> list[dict]:
+    """The weight layers the rule keeps dense, each as ``{"name", "shape", "reason"}`` (results.json
+    ``sparsity.dense_layers``): the input layer, the classifier, or an ``exclude`` pattern."""
+    return [
+        {"name": name, "shape": list(module.weight.shape), "reason": reason}
+        for name, module, reason in _weight_layers(model, prune_first_layer, prune_classifier, exclude)
+        if reason is not None
+    ]
+
+
+def _weight_layers(model, prune_first_layer, prune_classifier, exclude) -> list[tuple[str, nn.Module, str | None]]:
+    """(weight name, module, why the rule keeps it dense or None) of every weight layer, in order."""
     layers = [(name, m) for name, m in model.named_modules() if is_weight_layer(m)]
     if not layers:
         return []
     inputs, outputs = dense_layer_names(model, [name for name, _ in layers])
-    skip = set()
-    if not prune_first_layer:
-        skip |= inputs
-    if not prune_classifier:
-        skip |= outputs
     patterns = [re.compile(p) for p in exclude]
-    chosen = []
+    rows = []
     for name, module in layers:
         param_name = f"{name}.weight" if name else "weight"
-        if name in skip or any(p.search(param_name) for p in patterns):
-            continue
-        chosen.append(PrunableParam(param_name, module, module.weight))
-    return chosen
+        if name in inputs and not prune_first_layer:
+            reason = "first layer (sparsity.prune_first_layer=false)"
+        elif name in outputs and not prune_classifier:
+            reason = "classifier (sparsity.prune_classifier=false)"
+        else:
+            hit = next((p.pattern for p in patterns if p.search(param_name)), None)
+            reason = None if hit is None else f"excluded (sparsity.exclude: {hit!r})"
+        rows.append((param_name, module, reason))
+    return rows
 
 
 def dense_layer_names(model: nn.Module, weight_layers: list[str]) -> tuple[set[str], set[str]]:

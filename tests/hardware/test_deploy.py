@@ -38,7 +38,7 @@ else:
     raise SystemExit("sparse_lab importable")
 import torch
 for program, reference in zip(sys.argv[1::2], sys.argv[2::2]):
-    ref = torch.load(reference)
+    ref = torch.load(reference, weights_only=True)
     out = torch.export.load(program).module()(ref["input"])
     assert torch.allclose(out, ref["output"], atol=1e-5), (program, (out - ref["output"]).abs().max())
 print("match")

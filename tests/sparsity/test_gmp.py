@@ -67,7 +67,7 @@ def test_final_sparsity_applied_if_training_stops_early():
     model = tiny_vit()
     method = build_method("gmp", sparsity=0.6, start=0.0, end=1.0, frequency=1000)
     method.attach(model)
-    method.on_train_end(trainer=type("T", (), {"global_step": 3})(), pl_module=None)
+    method.on_fit_end(trainer=type("T", (), {"global_step": 3})(), pl_module=None)
     assert method.global_sparsity() == pytest.approx(0.6, abs=1e-3)
 
 
