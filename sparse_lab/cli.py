@@ -130,6 +130,12 @@ def train(overrides: list[str]) -> int:
         train_job()
     except (HydraException, OmegaConfBaseException) as exc:
         return fail(exc)
+    except OSError as exc:  # an unwritable or full output folder (Hydra creates it before the job starts)
+        if exc.filename is None:
+            raise
+        return fail(
+            UserError(f"cannot write {exc.filename}: {exc.strerror} (choose another hydra.run.dir / paths.output_dir)")
+        )
     except RunInterrupted as exc:  # SIGINT / SIGTERM: the run stopped cleanly and can be resumed
         print(interrupted_message(exc), file=sys.stderr)
         return exc.exit_code

@@ -415,3 +415,14 @@ def test_the_console_script_prints_one_line_and_exits_2(args, line, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [line] or result.stderr.startswith(line), result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path, capfd):
+    # A file where the run folder should go (chmod does not stop root, who runs CI): Hydra cannot create it.
+    (tmp_path / "taken").write_text("")
+    from sparse_lab.cli import main
+
+    code = main(["train", "trainer=fast", "logger=none", f"hydra.run.dir={tmp_path / 'taken' / 'run'}"])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: cannot write {tmp_path / 'taken' / 'run'}: Not a directory")

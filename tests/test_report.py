@@ -132,6 +132,22 @@ def test_failed_run_is_listed_not_averaged(tmp_path):
     assert {r["status"] for r in rows} == {"completed", "failed"}
 
 
+def test_a_running_run_whose_process_is_gone_reads_killed(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    for name, pid in (("killed", int(gone.stdout)), ("alive", os.getpid())):
+        run_dir = write_run(tmp_path, name, config(0, name), status="running")
+        data = json.loads((run_dir / "results.json").read_text())
+        (run_dir / "results.json").write_text(json.dumps({**data, "pid": pid, "host": socket.gethostname()}))
+    statuses = {r.path.name: (r.status, r.error) for r in runs_below(tmp_path)}
+    assert statuses["alive"] == ("running", None)
+    assert statuses["killed"][0] == "killed" and "resume=" in statuses["killed"][1]
+
+
 def test_scene_flow_run_gets_its_own_group_lower_is_better(tmp_path):
     sweep(tmp_path, "set", [0.80, 0.82])
     for seed, epe in enumerate([0.12, 0.14]):

@@ -9,7 +9,7 @@ from typing import Any
 
 from sparse_lab.registry import component_name
 from sparse_lab.report.stats import Summary, summarize
-from sparse_lab.results import flatten_config
+from sparse_lab.results import flatten_config, process_alive
 
 # primary metric -> higher is better
 PRIMARY_METRICS: dict[str, bool] = {"test/acc": True, "test/epe3d": False}
@@ -109,10 +109,13 @@ def load_run(path: Path) -> Run:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         return Run(path.parent, "failed", f"unreadable results.json: {exc}", {}, {})
+    status, error = str(data.get("status") or "unknown"), data.get("error")
+    if status == "running" and process_alive(data) is False:  # SIGKILL, a power cut: nothing could write
+        status, error = "killed", f"process {data['pid']} ended without a final status; resume=<run dir> continues it"
     return Run(
         path.parent,
-        str(data.get("status") or "unknown"),
-        data.get("error"),
+        status,
+        error,
         data.get("config") or {},
         data.get("metrics") or {},
         layers=[row for row in data.get("layers") or [] if isinstance(row, dict) and row.get("name") is not None],
