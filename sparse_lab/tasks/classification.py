@@ -100,10 +100,13 @@ class ClassificationTask(pl.LightningModule):
         if self.schedule == "constant":
             return optimizer
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        if self.schedule == "onecycle":
+        if self.schedule == "onecycle" and total >= 4:
+            # torch's OneCycleLR divides by the warm-up's length in steps minus one: at least 2 steps of it.
             scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=cfg["lr"], total_steps=total, pct_start=self.warmup_fraction
+                optimizer, max_lr=cfg["lr"], total_steps=total, pct_start=max(self.warmup_fraction, 2 / total)
             )
+        elif self.schedule == "onecycle":  # a run of 1-3 steps (smoke tests) has no room for the cycle
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
         else:
             warmup = int(self.warmup_fraction * total)
             scheduler = torch.optim.lr_scheduler.LambdaLR(
