@@ -60,7 +60,7 @@ def test_shapes_sizes_and_labels():
     dm.setup()
     assert [len(dm.train_set), len(dm.val_set), len(dm.test_set)] == [300, 40, 500]
     x, y = dm.test_set.tensors
-    assert x.shape == (500, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.long
+    assert x.shape == (500, 3, 24, 24) and x.dtype == torch.float32 and y.dtype == torch.long
     assert torch.equal(x[:, 0], x[:, 2])  # grey, repeated over channels
     assert set(y.tolist()) == set(range(10))
     train_x = dm.train_set.tensors[0]
@@ -68,10 +68,13 @@ def test_shapes_sizes_and_labels():
     # Sources of a split are used in turn: each 0 or 1 more times than another.
     counts = torch.bincount(dm.sources["test"])
     assert counts[counts > 0].max() - counts[counts > 0].min() <= 1
-    assert dm.info.num_classes == 10 and dm.info.sizes == {"image_size": 32, "in_chans": 3}
-    assert dm.example_input().shape == (1, 3, 32, 32)
+    assert dm.info.num_classes == 10 and dm.info.sizes == {"image_size": 24, "in_chans": 3}
+    assert dm.example_input().shape == (1, 3, 24, 24)
     batches = list(dm.train_dataloader())
-    assert len(batches) == 300 // 32 and batches[0][0].shape == (32, 3, 32, 32)
+    assert len(batches) == 300 // 32 and batches[0][0].shape == (32, 3, 24, 24)
+    other = build_datamodule("warped_digits", image_size=32, in_chans=1, train_size=20, val_size=10, test_size=10)
+    other.setup()
+    assert other.test_set.tensors[0].shape == (10, 1, 32, 32)
 
 
 def test_rendering_is_deterministic_for_a_seed():
