@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -61,17 +62,18 @@ def _bounds(ge=None, gt=None, le=None, lt=None) -> str:
     return ""
 
 
-class Field:
-    """One key: ``accepts`` says whether a value is allowed, ``describe`` what is allowed, in words."""
+class Field(ABC):
+    """One key: ``accepts`` says whether a value is allowed, ``describe`` what is allowed, in words
+    (each kind of field — Int, Float, Choice, ... — defines both)."""
 
     def __init__(self, *, nullable: bool = False, required: bool = False):
         self.nullable, self.required = nullable, required
 
-    def accepts(self, value: Any) -> bool:
-        raise NotImplementedError
+    @abstractmethod
+    def accepts(self, value: Any) -> bool: ...
 
-    def describe(self, plural: bool = False) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def describe(self, plural: bool = False) -> str: ...
 
     def alternatives(self) -> list[str]:
         return [self.describe()]
