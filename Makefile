@@ -8,7 +8,7 @@ SHELL := /bin/bash
 # pip's notes about local mirror folders it skips are noise; real errors still fail the build.
 QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: install train test lint bench clean
+.PHONY: install train test lint bench repro clean
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	for script in scripts/bench_*.py; do $(BIN)/python $$script || exit 1; done
+
+# The papers' claims as seeded sweeps, judged and written to docs/results.md (CLAIM=<name>: one; QUICK=1: smoke run).
+repro: $(STAMP)
+	$(BIN)/sparse-lab repro $(CLAIM) $(if $(QUICK),--quick) $(ARGS)
 
 clean:
 	rm -rf outputs/runs outputs/multirun wandb .pytest_cache

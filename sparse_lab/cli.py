@@ -38,6 +38,10 @@ commands:
                       of methods; writes report.csv, report.md, Pareto / sparsity plots and a
                       per-layer density heatmap per model (PNG); --wandb also logs it as one W&B
                       run (job type report) in the sweep's group; --help for details
+  repro [CLAIM ...] [--quick]
+                      test the papers' claims beyond seed noise: each claim's seeded sweep, paired
+                      differences with 95% CIs and a verdict; regenerates docs/results.md
+                      (make repro [CLAIM=<name>] [QUICK=1]); --help for details
   list [hydra.searchpath=[file://DIR]]
                       every config group with its options and what each one is
                       (with your own config folder's options too)
@@ -72,8 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         return profile(rest)
     if command == "report":
         return report(rest)
+    if command == "repro":
+        from sparse_lab.repro import main as repro_main
+
+        return repro_main(rest)
     print(
-        f"error: unknown command {command!r}; choose one of: train, profile, report, list (see sparse-lab --help)",
+        f"error: unknown command {command!r}; choose one of: train, profile, report, repro, list "
+        "(see sparse-lab --help)",
         file=sys.stderr,
     )
     return 2

@@ -19,6 +19,17 @@ Sparse convolutions have ``bias=False`` (BatchNorm follows each), which also kee
 spconv's CUDA-only fused bias in eval mode. Every convolution that reads spikes is marked
 ``spike_input = True``.
 
+**ANN twin** (``spiking=False``): every integer spiking neuron becomes a clipped ReLU ``clamp(u, 0, D)``
+(:class:`ClippedReLU`), everything else unchanged: same convolutions, BatchNorms, residuals, pooling and
+head, the same parameters (the neurons have none, so one seed builds identical weights) and the same
+module names. It is the spiking neuron without its rounding -- the function whose derivative the
+straight-through gradient already uses -- so the two variants differ only in whether activations are
+integer spike counts, and hyper-parameters tuned for the SNN's [0, D] range carry over (a plain ReLU
+would change the range too). No layer reads spikes (``spike_input = False`` everywhere), so on
+``hardware=neuromorphic`` every convolution and the head cost MACs and the SOPs are 0; the MAC counts
+(dense and effective) equal the SNN's, because the active sites of a sparse conv depend only on the
+coordinates. The twin's neurons report ordinary (``"spatial"``) activation zeros.
+
 Presets: ``paper_t`` is the paper's smallest model (embedding 16, channels [16, 32, 64, 128], one
 block per stage: 1.87M parameters with 40 classes, as E-3DSNN-T); ``small`` (default) is sized for
 2 CPU cores.
@@ -84,21 +95,55 @@ class IntegerLIF(nn.Module):
         return f"levels={self.levels}"
 
 
+class ClippedReLU(nn.Hardtanh):
+    """The ANN twin's neuron: ``clamp(u, 0, D)``, real-valued (the integer spiking neuron without rounding)."""
+
+    activation_kind = "spatial"  # ordinary activation zeros (protocols.ActivationReport), not spikes
+
+    def __init__(self, levels: int = 4):
+        if int(levels) < 1:
+            raise UserError(f"model.levels must be at least 1, got {levels}")
+        super().__init__(0.0, float(int(levels)))
+        self.levels = int(levels)
+
+    def activation_zeros(self, inputs, output: torch.Tensor) -> tuple[int, int]:
+        return int((output == 0).sum()), output.numel()
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels}"
+
+
+def neuron(levels: int, spiking: bool) -> nn.Module:
+    """An integer spiking neuron, or the ANN twin's clipped ReLU (``spiking=False``)."""
+    return IntegerLIF(levels) if spiking else ClippedReLU(levels)
+
+
 def _features(fn, x: sp.SparseConvTensor) -> sp.SparseConvTensor:
     return x.replace_feature(fn(x.features))
 
 
 class SpikeConvBN(nn.Module):
-    """``[spike ->] sparse conv -> BatchNorm`` on a SparseConvTensor."""
+    """``[spike ->] sparse conv -> BatchNorm`` on a SparseConvTensor. ``spike`` is the unit's neuron: an
+    integer spiking neuron, or the ANN twin's :class:`ClippedReLU` (``spiking=False``)."""
 
-    def __init__(self, cin: int, cout: int, *, kind: str, indice_key: str, levels: int, spike_in: bool = True):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        *,
+        kind: str,
+        indice_key: str,
+        levels: int,
+        spike_in: bool = True,
+        spiking: bool = True,
+    ):
         super().__init__()
-        self.spike = IntegerLIF(levels) if spike_in else None
+        self.spike = neuron(levels, spiking) if spike_in else None
         if kind == "subm":
             self.conv = sp.SubMConv3d(cin, cout, 3, padding=1, bias=False, indice_key=indice_key)
         else:  # "down": 2x2x2, stride 2
             self.conv = sp.SparseConv3d(cin, cout, 2, stride=2, bias=False, indice_key=indice_key)
-        self.conv.spike_input = spike_in
+        self.conv.spike_input = spike_in and spiking  # the twin's convolutions read real values: MACs
         self.bn = nn.BatchNorm1d(cout, eps=1e-3)  # momentum 0.1: our runs are short (the reference: 0.01)
 
     def forward(self, x: sp.SparseConvTensor) -> sp.SparseConvTensor:
@@ -111,7 +156,8 @@ def unit_chain(name: str, unit: SpikeConvBN, consumer_name: str, consumer: Spike
     """The output channels of ``unit`` when they feed only ``consumer``'s spiking neuron and sparse conv.
     Scale: ``unit``'s BN γ. A channel with γ = 0 sends the constant spike count round(clamp(β, 0, D)) into a
     3x3x3 (or 2x2x2 strided) sparse conv, whose response to a constant depends on the active neighbours of
-    each site: nothing can be folded, and removal is exact when that count is 0 (β < 0.5)."""
+    each site: nothing can be folded, and removal is exact when that count is 0 (β < 0.5; the ANN twin's
+    clamp(β, 0, D): β <= 0)."""
     return bn_chain_group(
         name,
         ConvBN(f"{name}.conv", unit.conv, unit.bn),
@@ -123,11 +169,12 @@ def unit_chain(name: str, unit: SpikeConvBN, consumer_name: str, consumer: Spike
 class SpikeBlock(nn.Module):
     """Residual Spike Sparse Convolution block: three spike -> SubMConv3d -> BN units."""
 
-    def __init__(self, channels: int, indice_key: str, levels: int):
+    def __init__(self, channels: int, indice_key: str, levels: int, spiking: bool = True):
         super().__init__()
-        self.unit1 = SpikeConvBN(channels, channels, kind="subm", indice_key=indice_key, levels=levels)
-        self.unit2 = SpikeConvBN(channels, channels, kind="subm", indice_key=indice_key, levels=levels)
-        self.unit3 = SpikeConvBN(channels, channels, kind="subm", indice_key=indice_key, levels=levels)
+        unit = dict(kind="subm", indice_key=indice_key, levels=levels, spiking=spiking)
+        self.unit1 = SpikeConvBN(channels, channels, **unit)
+        self.unit2 = SpikeConvBN(channels, channels, **unit)
+        self.unit3 = SpikeConvBN(channels, channels, **unit)
 
     def forward(self, x: sp.SparseConvTensor) -> sp.SparseConvTensor:
         x = x.replace_feature(self.unit1(x).features + x.features)
@@ -154,6 +201,7 @@ class E3DSNN(nn.Module):
         channels: list[int],
         depths: list[int],
         levels: int = 4,
+        spiking: bool = True,
     ):
         super().__init__()
         channels, depths = [int(c) for c in channels], [int(d) for d in depths]
@@ -168,23 +216,25 @@ class E3DSNN(nn.Module):
                 f"a {grid_size}^3 grid is too small for {len(channels)} stride-2 stages; "
                 f"use a smaller data.voxel_size or fewer stages"
             )
-        self.grid_size, self.levels = int(grid_size), int(levels)
-        e = int(embed_dim)
+        if not isinstance(spiking, bool):
+            raise UserError(f"model.spiking must be true or false, got {spiking!r}")
+        self.grid_size, self.levels, self.spiking = int(grid_size), int(levels), spiking
+        e, n = int(embed_dim), dict(levels=levels, spiking=self.spiking)
         self.stem = nn.Sequential(
-            SpikeConvBN(in_chans, e, kind="subm", indice_key="stem", levels=levels, spike_in=False),
-            SpikeConvBN(e, e, kind="subm", indice_key="stem", levels=levels),
-            SpikeConvBN(e, e, kind="subm", indice_key="stem", levels=levels),
+            SpikeConvBN(in_chans, e, kind="subm", indice_key="stem", spike_in=False, **n),
+            SpikeConvBN(e, e, kind="subm", indice_key="stem", **n),
+            SpikeConvBN(e, e, kind="subm", indice_key="stem", **n),
         )
         stages, cin = [], e
         for i, (c, d) in enumerate(zip(channels, depths)):
-            stage = [SpikeConvBN(cin, c, kind="down", indice_key=f"down{i}", levels=levels)]
-            stage += [SpikeBlock(c, indice_key=f"subm{i}", levels=levels) for _ in range(d)]
+            stage = [SpikeConvBN(cin, c, kind="down", indice_key=f"down{i}", **n)]
+            stage += [SpikeBlock(c, indice_key=f"subm{i}", **n) for _ in range(d)]
             stages.append(nn.Sequential(*stage))
             cin = c
         self.stages = nn.Sequential(*stages)
-        self.head_spike = IntegerLIF(levels)
+        self.head_spike = neuron(levels, self.spiking)
         self.head = nn.Linear(cin, num_classes)
-        self.head.spike_input = False  # it reads the per-cloud mean of spikes: real-valued
+        self.head.spike_input = False  # it reads the per-cloud mean of spikes (twin: of activations): real-valued
         for m in self.modules():
             if isinstance(m, nn.BatchNorm1d):
                 nn.init.ones_(m.weight)
@@ -239,12 +289,15 @@ def e3dsnn(
     channels: list[int] | None = None,
     depths: list[int] | None = None,
     levels: int = 4,
+    spiking: bool = True,
     **unused,
 ) -> E3DSNN:
     if unused:
         raise UserError(f"model e3dsnn got unknown options: {', '.join(sorted(unused))}")
     geometry = resolve_preset(PRESETS, preset, dict(embed_dim=embed_dim, channels=channels, depths=depths))
-    return E3DSNN(num_classes=num_classes, in_chans=in_chans, grid_size=grid_size, levels=levels, **geometry)
+    return E3DSNN(
+        num_classes=num_classes, in_chans=in_chans, grid_size=grid_size, levels=levels, spiking=spiking, **geometry
+    )
 
 
 e3dsnn.input_modality = E3DSNN.input_modality

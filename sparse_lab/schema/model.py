@@ -133,6 +133,7 @@ class E3DSNN(Model):
     channels = List(Int(ge=1), min_length=1, nullable=True)
     depths = List(Int(ge=0), min_length=1, nullable=True)
     levels = Int(ge=1)
+    spiking = Bool()  # false: the ANN twin (clipped-ReLU neurons, all MACs)
 
     @classmethod
     def check(cls, values, at):
