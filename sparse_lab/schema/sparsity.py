@@ -93,6 +93,7 @@ class MaskSparsity(Masked):
     warmup_fraction = Float(ge=0, lt=1)
     min_channels = Int(ge=1)
     round_to = Int(ge=1)
+    selection = Choice("masksparsity", "slimming")
     threshold = Float(ge=0)
 
     @classmethod

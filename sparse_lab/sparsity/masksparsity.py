@@ -25,6 +25,14 @@ channels are regularised alike). A channel's score is its mean |scale| over thos
 ranked against channels of the same kind (BN channels, attention heads, MLP units), each kind's scores
 divided by their mean; with one kind (the MobileNets) that is the paper's global γ ranking.
 
+Control, ``selection: slimming`` (network slimming, Liu et al., ICCV 2017, "Learning Efficient
+Convolutional Networks through Network Slimming"): λ·sign(scale) on *every* channel group's scales from
+the first step of round 0 (no warm-up: ``warmup_fraction`` is unused), and the channels are chosen only
+at the end of round 0 (``begin_round(1)``, from the final scales), by the same ranking, ``ratio``,
+``target``, ``min_channels`` and ``round_to``; round 1 is the same. With one kind of channel the ranking
+is the paper's global threshold on |γ|. Same ``lam`` for both, so the two are compared at equal penalty
+strength.
+
 Exactness: the narrowed model computes what the model with the removed channels' scales at zero
 computes (eval mode) where the constant a removed channel then outputs can be folded into its consumer
 (a linear layer, a 1x1 conv) or is zero; into a spatial consumer (3x3 conv, sparse conv) a nonzero
@@ -51,6 +59,7 @@ from sparse_lab.surgery import complement
 log = logging.getLogger(__name__)
 
 TARGETS = ("flops", "channels")
+SELECTIONS = ("masksparsity", "slimming")  # λ·sign(scale) on the selected channels only / on every channel
 
 
 def group_scales(group: ChannelGroup) -> tuple[nn.Parameter, ...]:
@@ -150,6 +159,7 @@ class MaskSparsity(SparsityMethod):
         warmup_fraction: float = 0.25,
         min_channels: int = 1,
         round_to: int = 1,
+        selection: str = "masksparsity",
         threshold: float = 1e-2,
         prune_first_layer: bool = False,
         prune_classifier: bool = False,
@@ -178,6 +188,9 @@ class MaskSparsity(SparsityMethod):
         if round_to < 1:
             raise UserError(f"sparsity.round_to must be >= 1, got {round_to}")
         self.round_to = int(round_to)
+        if selection not in SELECTIONS:
+            raise UserError(f"unknown sparsity.selection {selection!r}; choose one of: {', '.join(SELECTIONS)}")
+        self.selection = selection
         self.groups: list[ChannelGroup] = []
         self.selected: dict[str, torch.Tensor] = {}  # group name -> channel indices chosen for pruning
         self.round = 0
@@ -185,6 +198,7 @@ class MaskSparsity(SparsityMethod):
         self._warmup_steps = 0
         self._example = None  # one input (batch size 1) for counting MACs and tracing models that declare nothing
         self._selected_pairs: list[tuple[nn.Parameter, torch.Tensor]] = []
+        self._all_scales: list[nn.Parameter] = []  # slimming: every group's scales, each once
         self.stats: dict = {}
 
     # -- set-up -------------------------------------------------------------------------------
@@ -197,6 +211,8 @@ class MaskSparsity(SparsityMethod):
                 f"declares none (protocols.ChannelGroups) and there are {why}"
             )
         self._example = example_input
+        unique = {id(s): s for g in self.groups for s in group_scales(g)}
+        self._all_scales = list(unique.values())
         super().attach(model, seed, example_input)
         self.stats["channels_before"] = self._channel_counts(self.groups)
 
@@ -213,7 +229,12 @@ class MaskSparsity(SparsityMethod):
             self._warmup_steps = round(self.warmup_fraction * int(trainer.estimated_stepping_batches))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if self.round == 0 and not self.selected and trainer.global_step >= self._warmup_steps:
+        if self.round != 0 or self.selected:
+            return
+        if self.selection == "slimming":  # chosen at the end of round 0: keep an input to count MACs with
+            if self._example is None:
+                self._example = self._example_input(trainer, batch, pl_module.device)
+        elif trainer.global_step >= self._warmup_steps:
             self.select(pl_module.model, self._example_input(trainer, batch, pl_module.device))
 
     def _example_input(self, trainer: pl.Trainer, batch, device):
@@ -286,7 +307,15 @@ class MaskSparsity(SparsityMethod):
 
     @torch.no_grad()
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        if self.round != 0 or not self.selected or self.lam == 0:
+        if self.round != 0 or self.lam == 0:
+            return
+        if self.selection == "slimming":  # L1 on every scale, all through round 0
+            for scale in self._all_scales:
+                if scale.grad is None:
+                    scale.grad = torch.zeros_like(scale)
+                scale.grad.add_(torch.sign(scale), alpha=self.lam)
+            return
+        if not self.selected:
             return
         for scale, idx in self._selected_pairs:
             if scale.grad is None:
@@ -307,8 +336,8 @@ class MaskSparsity(SparsityMethod):
     def begin_round(self, index: int, task: pl.LightningModule) -> None:
         self.round = index
         if index == 1 and not self.pruned:
-            if not self.selected:  # round 0 ended before the warm-up did: choose from the scales now
-                self.select(task.model, self._example)
+            if not self.selected:  # slimming, or round 0 ended before the warm-up did: choose from the scales now
+                self.select(task.model, self._on_model(self._example, task.model))
             task.model = self.prune(task.model)
 
     def prune(self, model: nn.Module) -> nn.Module:
@@ -335,7 +364,8 @@ class MaskSparsity(SparsityMethod):
         self.target_densities = [1.0] * len(self.params)
         self.set_masks({})
         log.info(
-            "masksparsity: channels %s -> %s; parameters %d -> %d",
+            "masksparsity (selection=%s): channels %s -> %s; parameters %d -> %d",
+            self.selection,
             self.stats["channels_before"],
             self.stats["channels_after"],
             self.stats["params_before"],
@@ -359,6 +389,7 @@ class MaskSparsity(SparsityMethod):
     def details(self) -> dict:
         return {
             "method": self.name,
+            "selection": self.selection,
             "target": self.target,
             "ratio": self.ratio,
             "round_to": self.round_to,

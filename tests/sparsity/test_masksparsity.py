@@ -236,3 +236,140 @@ def test_runs_on_sparse_conv_spiking_and_delta_models(model, make_cfg, tmp_path)
     assert results["status"] == "completed" and stats["pruned"]
     assert results["metrics"]["params/total"] == stats["params_after"] < stats["params_before"]
     assert stats["macs_after"] < stats["macs_before"]
+
+
+# -- selection: slimming, the network-slimming control (Liu et al. 2017) ------------------------------------
+def test_selections_are_the_schemas_and_an_unknown_one_is_refused():
+    from sparse_lab.errors import UserError
+    from sparse_lab.schema import sparsity as sparsity_schema
+    from sparse_lab.sparsity import masksparsity
+
+    assert sparsity_schema.MaskSparsity.fields["selection"].choices == masksparsity.SELECTIONS
+    assert build_method("masksparsity").selection == "masksparsity"  # the default is the paper's method
+    with pytest.raises(UserError, match="sparsity.selection"):
+        build_method("masksparsity", selection="l1")
+
+
+def test_slimming_regularises_every_scale_before_any_selection():
+    model = small_model("mobilenet_v2")
+    method = build_method("masksparsity", selection="slimming", lam=1e-3, warmup_fraction=0.5)
+    method.attach(model)
+    trained_looking(model, method.groups)
+    with torch.no_grad():  # some negative γ, so the sign matters
+        method.groups[2].scale[:4] *= -1
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    method.on_before_optimizer_step(None, None, None)
+    assert not method.selected, "slimming chooses the channels only when round 0 has ended"
+    scales = {id(g.scale) for g in method.groups}
+    for pname, p in model.named_parameters():
+        expected = 1e-3 * torch.sign(p.detach()) if id(p) in scales else torch.zeros_like(p)
+        assert torch.equal(p.grad, expected), pname
+
+    # The generic path: a coupled BN's γ is penalised once, like every other γ.
+    users = UsersCNN()
+    method = build_method("masksparsity", selection="slimming", lam=1e-3)
+    method.attach(users, example_input=torch.randn(1, 3, 16, 16))
+    for p in users.parameters():
+        p.grad = torch.zeros_like(p)
+    method.on_before_optimizer_step(None, None, None)
+    for bn in (users.stem[1], users.body[1], users.body[4]):
+        assert torch.equal(bn.weight.grad, 1e-3 * torch.sign(bn.weight.detach()))
+
+
+def one_sgd_step(selection, lam, lr=0.1):
+    """Every group's scales after one plain-SGD step (no momentum, no decay on γ) in a Lightning round 0;
+    slimming with a warm-up it must ignore, masksparsity with none (it selects before the step)."""
+    model = small_model("mobilenet_v2")
+    warmup = 0.99 if selection == "slimming" else 0.0
+    method = build_method("masksparsity", selection=selection, lam=lam, ratio=0.3, warmup_fraction=warmup)
+    method.attach(model)
+    trained_looking(model, method.groups)
+    with torch.no_grad():
+        method.groups[1].scale[:3] *= -1
+    before = [g.scale.detach().clone() for g in method.groups]
+    task = ClassificationTask(model, 5, optimizer={"name": "sgd", "lr": lr}, schedule="constant")
+    data = DataLoader(TensorDataset(torch.randn(16, 3, 16, 16), torch.randint(0, 5, (16,))), batch_size=8)
+    method.begin_round(0, task)
+    pl.seed_everything(0, verbose=False)
+    trainer = pl.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[method],
+    )
+    trainer.fit(task, data)
+    return method, before, [g.scale.detach().clone() for g in method.groups]
+
+
+def test_slimming_shrinks_every_scale_by_lr_lam_per_step_masksparsity_only_the_selected():
+    lr, lam = 0.1, 1e-2
+    _, before, plain = one_sgd_step("masksparsity", 0.0, lr)  # the loss gradient alone
+    slim, _, slimmed = one_sgd_step("slimming", lam, lr)
+    mask, _, masked = one_sgd_step("masksparsity", lam, lr)
+    assert not slim.selected and mask.selected
+    for i, g in enumerate(mask.groups):
+        shrink = -lr * lam * torch.sign(before[i])
+        torch.testing.assert_close(slimmed[i] - plain[i], shrink, atol=1e-6, rtol=0)  # every channel
+        expected = torch.zeros_like(shrink)
+        expected[mask.selected[g.name]] = shrink[mask.selected[g.name]]
+        torch.testing.assert_close(masked[i] - plain[i], expected, atol=1e-6, rtol=0)  # the selected only
+    never_selected = sum(len(unselected(g, mask.selected)) for g in mask.groups)
+    assert never_selected > 0
+
+
+@pytest.mark.parametrize(("round_to", "min_channels"), [(1, 1), (8, 8)])
+def test_slimming_removes_the_globally_smallest_scales_down_to_the_same_flop_target(round_to, min_channels):
+    x = torch.randn(2, 3, 16, 16)
+    chosen, reduction = {}, {}
+    for selection in ("masksparsity", "slimming"):
+        model = small_model("mobilenet_v2")
+        method = build_method(
+            "masksparsity", selection=selection, ratio=0.4, round_to=round_to, min_channels=min_channels
+        )
+        method.attach(model, example_input=x[:1])
+        trained_looking(model, method.groups)
+        groups = list(method.groups)
+        task = ClassificationTask(model, 5)
+        if selection == "masksparsity":
+            method.select(model, x[:1])
+        method.begin_round(1, task)  # slimming: the channels are chosen here, from round 0's final scales
+        assert method.pruned and task.model is not model and method.details()["selection"] == selection
+        chosen[selection] = {k: v.tolist() for k, v in method.selected.items()}
+        reduction[selection] = 1 - count_macs(task.model, x[:1]).dense / count_macs(model, x[:1]).dense
+        for g in groups:
+            kept = g.size - len(method.selected[g.name])
+            assert kept >= min_channels and (g.size % round_to or kept % round_to == 0), g.name
+        if round_to == 1:  # one kind (BN γ): the removed channels are the globally smallest |γ|
+            gone = torch.cat([g.scale.detach().abs()[method.selected[g.name]] for g in groups])
+            left = torch.cat([g.scale.detach().abs()[unselected(g, method.selected)] for g in groups])
+            assert gone.max() <= left.min()
+            assert reduction[selection] >= 0.4 - 1e-9  # disjoint groups: the MAC estimate is exact
+    assert chosen["slimming"] == chosen["masksparsity"]  # same scales, same ranking and target
+    assert reduction["slimming"] == pytest.approx(reduction["masksparsity"])
+    if round_to > 1:
+        assert reduction["slimming"] == pytest.approx(0.4, abs=0.05)
+
+
+def test_slimming_runs_both_rounds_and_says_so_in_results(make_cfg, tmp_path):
+    from sparse_lab.experiment import run
+
+    cfg = make_cfg(
+        "model=mobilenet_v2",
+        "sparsity=masksparsity",
+        "sparsity.selection=slimming",
+        "sparsity.lam=1e-2",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+    )
+    results = run(cfg, tmp_path)
+    stats = results["sparsity"]
+    assert results["status"] == "completed" and stats["pruned"] and len(results["rounds"]) == 2
+    assert results["config"]["sparsity"]["selection"] == stats["selection"] == "slimming"
+    assert stats["macs_after"] < stats["macs_before"]
+    assert results["metrics"]["macs/removed_fraction"] >= cfg.sparsity.ratio - 1e-9
+    assert results["metrics"]["params/total"] == stats["params_after"] < stats["params_before"]
