@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from sparse_lab.report.runs import Run, group_runs
 from sparse_lab.repro import main as repro_main
 from sparse_lab.repro.checks import (
     ACCURACY,
@@ -25,7 +26,6 @@ from sparse_lab.repro.checks import (
 )
 from sparse_lab.repro.claims import CLAIMS, get_claim
 from sparse_lab.repro.render import claim_section, write_results
-from sparse_lab.report.runs import Run, group_runs
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
