@@ -349,3 +349,14 @@ def test_report_help_names_the_options(capsys):
     assert "--wandb" in text and "--wandb-project" in text and "density_<model>.png" in text
     assert main(["report", "--bogus", "x"]) == 2
     assert "unknown option '--bogus'" in capsys.readouterr().err
+
+
+def test_report_names_the_commands_that_made_its_runs(tmp_path):
+    for seed, acc in enumerate([0.8, 0.82]):
+        run_dir = write_run(tmp_path / "sweep", f"s{seed}", config(seed), acc_metrics(acc))
+        data = json.loads((run_dir / "results.json").read_text())
+        data["command"] = "sparse-lab train -m seed=0,1"
+        (run_dir / "results.json").write_text(json.dumps(data))
+    build_report([tmp_path / "sweep"], out=tmp_path / "out", plots=False)
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert md.count("sparse-lab train -m seed=0,1") == 1 and "Made by:" in md

@@ -225,3 +225,13 @@ def test_quick_repro_runs_every_claims_sweep_and_judges_it(tmp_path):
     page = (out / "results.md").read_text()
     assert page.count("quick smoke run") == len(CLAIMS) and "Not run yet" not in page
     assert ACCURACY.label in page
+
+
+def test_a_stored_sweep_report_is_embedded_with_its_plots(tmp_path):
+    report = tmp_path / "repro" / "sweeps" / "methods"
+    report.mkdir(parents=True)
+    (report / "report.md").write_text("# sparse-lab report\n\n## Groups\n\n| a |\n\n![pareto_acc](pareto_acc.png)\n")
+    write_results(tmp_path / "results.md", tmp_path / "repro")
+    text = (tmp_path / "results.md").read_text()
+    assert "## Sweep `methods`: its `sparse-lab report`" in text and "### Groups" in text
+    assert "![pareto_acc](repro/sweeps/methods/pareto_acc.png)" in text and "# sparse-lab report" not in text

@@ -164,6 +164,9 @@ def markdown(
 ) -> str:
     out = ["# sparse-lab report\n\n", f"{len(runs)} run(s), {len(groups)} group(s) of completed runs "]
     out.append("(runs that differ only in seed). Confidence intervals: 95%, Student t over seeds.\n\n")
+    commands = list(dict.fromkeys(r.command for r in runs if r.command))  # the sweeps' command lines, in order
+    if commands:
+        out.append("Made by:\n\n```bash\n" + "\n".join(commands) + "\n```\n\n")
     out.append("## Groups\n\n")
     out.append(_md_table(GROUP_COLUMNS, group_rows(groups)) if groups else "No completed runs.\n")
     failed = [r for r in runs if not r.completed]

@@ -38,6 +38,7 @@ class Run:
     key: str = ""
     layers: list[dict] = field(default_factory=list)  # results.json "layers": the final per-layer densities
     wandb: dict | None = None  # results.json "wandb": where the run logged (project, group, id, ...)
+    command: str | None = None  # results.json "command": the command line that started it (a sweep's, for a job)
 
     @property
     def seed(self) -> Any:
@@ -120,6 +121,7 @@ def load_run(path: Path) -> Run:
         data.get("metrics") or {},
         layers=[row for row in data.get("layers") or [] if isinstance(row, dict) and row.get("name") is not None],
         wandb=data.get("wandb") if isinstance(data.get("wandb"), dict) else None,
+        command=data.get("command") if isinstance(data.get("command"), str) else None,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from sparse_lab.repro.claims import CLAIMS, Claim
@@ -127,7 +128,19 @@ def write_results(doc: Path, records: Path) -> None:
     rel = records.relative_to(doc.parent) if records.is_relative_to(doc.parent) else records
     parts = [HEADER.format(records=rel), summary_table(recs)]
     parts += [claim_section(c, recs.get(c.name), Path(rel)) for c in CLAIMS]
+    parts += [sweep_section(path, Path(rel)) for path in sorted(records.glob("sweeps/*/report.md"))]
     doc.write_text("\n".join(parts))
+
+
+def sweep_section(report_md: Path, rel: Path) -> str:
+    """A sweep's `sparse-lab report --out <records>/sweeps/<name>` output, one heading level down, links fixed."""
+    folder = rel / "sweeps" / report_md.parent.name
+    text = report_md.read_text()
+    text = re.sub(r"^(#+) ", lambda m: "#" + m.group(1) + " ", text, flags=re.M)
+    text = re.sub(r"!\[([^\]]*)\]\(([^)/]+)\)", lambda m: f"![{m.group(1)}]({folder}/{m.group(2)})", text)
+    title = f"## Sweep `{report_md.parent.name}`: its `sparse-lab report`"
+    body = text.split("\n", 1)[1] if text.startswith("## ") else text  # the report's own title goes
+    return f"{title}\n\n`sparse-lab report <sweep folders> --out {folder}`, as written:\n{body}"
 
 
 def plot_claim(claim: Claim, rec: dict, path: Path) -> None:
