@@ -28,12 +28,10 @@ class Claim:
     metric: Metric = ACCURACY  # the table's main column
     columns: tuple[Metric, ...] = ()  # more per-variant columns
     setup: str = ""  # how this sweep differs from the paper's setting, and why
-    parallel: bool = True  # two jobs at a time (hydra/launcher=joblib, one thread each); False: one after the other
     extras: tuple[str, ...] = field(default=())  # named extra facts (sparse_lab/repro/facts.py)
 
     def commands(self) -> list[str]:
-        launcher = " hydra/launcher=joblib" if self.parallel else ""
-        return [f"sparse-lab train -m experiment={e}{launcher}" for e in self.experiments]
+        return [f"sparse-lab train -m experiment={e} hydra/launcher=joblib" for e in self.experiments]
 
 
 SPARSITY = Metric("sparsity/global", "sparsity")
@@ -253,10 +251,8 @@ CLAIMS: tuple[Claim, ...] = (
         columns=(ENERGY,),
         setup=(
             "`sparse-lab train model=e3dsnn` (shapes3d, random 80% ERK: the default command) with "
-            "`hardware=neuromorphic` for the energy count, and its ANN twin (`model.spiking=false`); "
-            "one job after the other with the default threads."
+            "`hardware=neuromorphic` for the energy count, and its ANN twin (`model.spiking=false`)."
         ),
-        parallel=False,
     ),
     Claim(
         name="sctn",

@@ -29,7 +29,7 @@ QUICK_OVERRIDES = (
 
 def sweep_command(claim: Claim, experiment: str, sweep_dir: Path, quick: bool) -> list[str]:
     command = ["sparse-lab", "train", "-m", f"experiment={experiment}"]
-    if claim.parallel and not quick:
+    if not quick:  # two jobs at a time on two cores, one thread each (`threads: null` under joblib)
         command.append("hydra/launcher=joblib")
     command += [f"hydra.sweep.dir={sweep_dir}", "trainer.enable_progress_bar=false", "logger=csv"]
     return command + list(QUICK_OVERRIDES if quick else ())
