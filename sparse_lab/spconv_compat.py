@@ -21,16 +21,35 @@ Import ``spconv`` through this module (``from sparse_lab.spconv_compat import sp
    runs with one torch thread, the rest of the model keeps its threads. One thread is also the faster
    setting for these kernels here (scripts/bench_spconv.py).
 
-With CUDA present nothing about the stream is replaced; the bias wrapper and the thread guard only act
-on CPU tensors. ``apply`` is idempotent.
+4. spconv's CPU convolution (the "native" algorithm, 2.3) is a Python loop over kernel offsets: per
+   offset a gather, a small matmul and a scatter-add (backward: two gathers, two matmuls, a scatter), each
+   through several Python and tensor-view calls. For CPU float tensors in spconv's weight layout,
+   ``ops.indice_conv`` and ``ops.indice_conv_backward`` now take every offset at once: spconv's pair table
+   (padded with -1 per offset) is used as a padded ``[offsets, width]`` layout, so a layer is one gather,
+   one ``torch.bmm`` and one sum (a cached CSR product for submanifold convs, whose tables are shared by
+   forward, backward and usually several layers; ``index_add_`` for strided ones), and the backward the
+   same plus a ``bmm`` for the weight gradient. A submanifold conv's input gradient is a forward pass with
+   mirrored offsets (its pairs come in mirrored couples), so it reuses the same CSR matrix. Every kernel
+   is deterministic: results do not change from call to call or with threads; they differ from spconv's
+   loop by float rounding only (another summation order).
+5. Index pairs are computed once per coordinates tensor and geometry: a second sparse convolution with
+   the same indices, kernel, stride, padding and dilation (e.g. a SparseConvTensor rebuilt with
+   ``replace_feature`` from a tensor that had not seen an ``indice_key`` yet) reuses the first one's
+   pairs instead of running spconv's pair search again.
+
+With CUDA present nothing about the stream is replaced; the bias wrapper, the thread guard, the batched
+convolution and the pair cache only act on CPU tensors. ``apply`` is idempotent.
 
 Recognising sparse convolutions and reading their weight layout is ``sparse_lab.spconv_layout``'s job.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
+import warnings
+from typing import NamedTuple
 
 import spconv  # noqa: F401  (re-exported; `from sparse_lab.spconv_compat import spconv`)
 import spconv.pytorch  # noqa: F401
@@ -133,6 +152,250 @@ def _patch_single_thread_ops() -> None:
             setattr(ops, name, _single_threaded(fn))
 
 
+def _cached(tensor: torch.Tensor, attr: str, key: tuple, sources: tuple, compute):
+    """``compute()`` memoised on ``tensor`` (a Python attribute, so it lives as long as the tensor) under
+    ``key``; recomputed when any tensor it was computed from (``sources``) changed in place. Inference tensors
+    keep no version counter: for them nothing is cached."""
+    if any(t.is_inference() for t in sources):
+        return compute()
+    versions = tuple(t._version for t in sources)
+    cache = tensor.__dict__.setdefault(attr, {})
+    hit = cache.get(key)
+    if hit is not None and hit[0] == versions:
+        return hit[1]
+    value = compute()
+    cache[key] = (versions, value)
+    return value
+
+
+_batched = True  # points 4 and 5 on (see ``spconv_loops``)
+
+
+@contextlib.contextmanager
+def spconv_loops():
+    """Inside: spconv's own CPU convolution (a loop over kernel offsets) and a pair search on every call,
+    i.e. points 4 and 5 off. For benchmarks that compare the two; the results agree to rounding."""
+    global _batched
+    before, _batched = _batched, False
+    try:
+        yield
+    finally:
+        _batched = before
+
+
+def _cached_pairs(fn):
+    """``ops.get_indice_pairs`` computed once per coordinates tensor and geometry (point 5 above)."""
+
+    @functools.wraps(fn)
+    def wrapper(indices, batch_size, spatial_shape, algo, ksize, stride, padding, dilation, out_padding, *rest, **kw):
+        if indices.is_cuda or not _batched:
+            return fn(
+                indices, batch_size, spatial_shape, algo, ksize, stride, padding, dilation, out_padding, *rest, **kw
+            )
+        key = (batch_size, *(tuple(a) for a in (spatial_shape, ksize, stride, padding, dilation, out_padding)))
+        key += (algo, rest, tuple(sorted(kw.items())))
+        return _cached(
+            indices,
+            "_sparse_lab_pairs",
+            key,
+            (indices,),
+            lambda: fn(
+                indices, batch_size, spatial_shape, algo, ksize, stride, padding, dilation, out_padding, *rest, **kw
+            ),
+        )
+
+    wrapper._sparse_lab_cached_pairs = True
+    return wrapper
+
+
+class _Pairs(NamedTuple):
+    """The active (input, output) pairs of a native sparse convolution in a padded, offset-major layout: the
+    pairs of the ``k``-th kernel offset that has any fill block ``k`` of ``[K', width]``. Rows are counted
+    from 1: row 0 is a row of zeros put in front of the inputs and a discarded row in front of the outputs,
+    where the rest of each block points."""
+
+    offsets: torch.Tensor  # [K'] int64, the kernel offsets with pairs
+    mirrored: torch.Tensor  # [K'] int64, their mirror images K - 1 - k (a submanifold conv's backward)
+    counts: list[int]  # pairs per block
+    inputs: torch.Tensor  # [K' * width] int64, 1 + rows of the features read (padding: 0)
+    outputs: torch.Tensor  # [K' * width] int64, 1 + rows of the output written (padding: 0)
+
+
+def _pair_lists(indice_pairs: torch.Tensor, indice_pair_num: torch.Tensor, inverse: bool, subm: bool) -> _Pairs:
+    """spconv's ``[2, K, N]`` pair table in the layout of :class:`_Pairs`: offset ``k``'s pairs first in row
+    ``k``, then -1 (spconv fills the table with -1), so the first ``width`` columns of the rows with pairs,
+    plus one, are that layout. A submanifold conv's table counts only the offsets before the centre; offset
+    ``k`` after it has as many pairs as its mirror ``K - 1 - k`` (the same pairs, swapped, in the same order);
+    the centre (every site with itself) is left to a plain matmul."""
+
+    def compute() -> _Pairs:
+        counts = indice_pair_num.tolist()
+        kv = len(counts)
+        if subm:
+            counts = [0 if k == kv // 2 else counts[min(k, kv - 1 - k)] for k in range(kv)]
+        used = [k for k, n in enumerate(counts) if n]
+        offsets = torch.tensor(used, dtype=torch.int64)
+        width = max(counts)
+        block = (indice_pairs.index_select(1, offsets)[:, :, :width] + 1).long().reshape(2, -1)
+        return _Pairs(
+            offsets, kv - 1 - offsets, [counts[k] for k in used], block[int(inverse)], block[int(not inverse)]
+        )
+
+    return _cached(indice_pairs, "_sparse_lab_pair_lists", (inverse, subm), (indice_pairs, indice_pair_num), compute)
+
+
+def _summing_matrix(indice_pairs: torch.Tensor, indice_pair_num: torch.Tensor, rows: int, dtype) -> torch.Tensor:
+    """A submanifold conv's CSR matrix ``[rows, K' * width]`` of ones that adds the pair rows of a tensor in the
+    layout of :class:`_Pairs` into their output rows, each row's pairs in offset order. Built once per pair
+    table and used by the forward and backward of every layer sharing it: CSR x dense is several times faster
+    than ``index_add_`` here. The column order is a counting sort (a row has at most one pair per offset, so
+    a pair's place in its row is the number of earlier offsets that row has pairs at); ``argsort`` costs
+    several times more."""
+
+    def compute() -> torch.Tensor:
+        pairs = _pair_lists(indice_pairs, indice_pair_num, False, True)
+        count, width = torch.tensor(pairs.counts), len(pairs.outputs) // len(pairs.counts)
+        kernel = torch.repeat_interleave(torch.arange(len(count)), count)  # the block of each real pair
+        real = kernel * width + torch.arange(len(kernel)) - (torch.cumsum(count, 0) - count).index_select(0, kernel)
+        target = pairs.outputs.index_select(0, real) - 1
+        cell = kernel * rows + target  # (offset, row), unique per pair
+        present = torch.zeros(len(pairs.offsets) * rows, dtype=torch.int64).index_fill_(0, cell, 1)
+        present = present.view(len(pairs.offsets), rows)
+        earlier = (torch.cumsum(present, 0) - present).view(-1).index_select(0, cell)
+        crow = torch.zeros(rows + 1, dtype=torch.int64)
+        torch.cumsum(present.sum(0), 0, out=crow[1:])
+        columns = torch.empty_like(target).index_copy_(0, crow.index_select(0, target) + earlier, real)
+        ones = torch.ones(len(target), dtype=dtype)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta state")
+            return torch.sparse_csr_tensor(crow, columns, ones, (rows, len(pairs.inputs)), check_invariants=False)
+
+    return _cached(indice_pairs, "_sparse_lab_summing", (rows, dtype), (indice_pairs, indice_pair_num), compute)
+
+
+def _gather(rows: torch.Tensor, index: torch.Tensor, blocks: int) -> torch.Tensor:
+    """``rows`` (with a zero row put in front) at ``index``, as ``[blocks, width, C]``."""
+    padded = torch.cat([rows.new_zeros((1, rows.shape[1])), rows])
+    return padded.index_select(0, index).view(blocks, -1, rows.shape[1])
+
+
+def _add_pairs(partial, rows: int, indice_pairs, indice_pair_num, pairs: _Pairs, subm: bool) -> torch.Tensor:
+    """``[rows, C]``: for every pair, its row of ``partial`` ([K', width, C]) added to the pair's output row. A
+    CSR product for a submanifold conv (its table is reused by forward, backward and usually several layers),
+    ``index_add_`` for a strided one (used once; the padding goes to the discarded row 0)."""
+    partial = partial.reshape(-1, partial.shape[-1])
+    if subm:
+        return _summing_matrix(indice_pairs, indice_pair_num, rows, partial.dtype) @ partial
+    summed = partial.new_zeros((rows + 1, partial.shape[1])).index_add_(0, pairs.outputs, partial)
+    return summed[1:].clone()  # not a view: spconv's callers add biases in place
+
+
+def _batched_conv_applies(features, filters, algo, bias=None, act_type=None) -> bool:
+    """Our batched CPU path covers spconv 2.x's weight layout ([C_out, *kernel, C_in]), float features,
+    the native algorithm, no fused bias or activation (spconv's CPU path refuses those too)."""
+    from spconv.core import ConvAlgo
+    from spconv.pytorch import conv
+
+    return (
+        features.device.type == "cpu"
+        and features.dtype in (torch.float32, torch.float64)
+        and filters.dtype == features.dtype
+        and getattr(conv, "ALL_WEIGHT_IS_KRSC", False)
+        and algo == ConvAlgo.Native
+        and bias is None
+        and (act_type is None or act_type == _no_activation())
+    )
+
+
+def _kernel_major(filters: torch.Tensor) -> torch.Tensor:
+    """KRSC ``[C_out, *kernel, C_in]`` -> ``[K, C_out, C_in]`` (a view)."""
+    return filters.reshape(filters.shape[0], -1, filters.shape[-1]).transpose(0, 1)
+
+
+def _batched_indice_conv(fn):
+    """``ops.indice_conv`` with every kernel offset in one gather, grouped matmul and scatter (point 4)."""
+
+    @functools.wraps(fn)
+    def indice_conv(features, filters, indice_pairs, indice_pair_num, num_activate_out, inverse=False, subm=False,
+                    algo=None, timer=None, bias=None, act_alpha=0.0, act_beta=0.0, act_type=None, **kw):  # fmt: skip
+        from spconv.core import ConvAlgo
+
+        algo = ConvAlgo.Native if algo is None else algo
+        if kw or not _batched or not _batched_conv_applies(features, filters, algo, bias, act_type):
+            passed = dict(algo=algo, bias=bias, act_alpha=act_alpha, act_beta=act_beta, **kw)
+            if timer is not None:
+                passed["timer"] = timer
+            if act_type is not None:
+                passed["act_type"] = act_type
+            return fn(features, filters, indice_pairs, indice_pair_num, num_activate_out, inverse, subm, **passed)
+        weight = _kernel_major(filters)  # [K, C_out, C_in]
+        pairs = _pair_lists(indice_pairs, indice_pair_num, inverse, subm)
+        if len(pairs.offsets):
+            blocks = _gather(features, pairs.inputs, len(pairs.offsets))  # [K', width, C_in]
+            partial = torch.bmm(blocks, weight.index_select(0, pairs.offsets).transpose(1, 2))
+            out = _add_pairs(partial, num_activate_out, indice_pairs, indice_pair_num, pairs, subm)
+        else:
+            out = features.new_zeros((num_activate_out, filters.shape[0]))
+        if subm:  # the centre offset pairs every site with itself, as in spconv
+            out.addmm_(features, weight[weight.shape[0] // 2].T)
+        return out
+
+    indice_conv._sparse_lab_batched = True
+    return indice_conv
+
+
+def _batched_indice_conv_backward(fn):
+    """``ops.indice_conv_backward`` with every kernel offset at once (point 4): input and weight gradients."""
+
+    @functools.wraps(fn)
+    def indice_conv_backward(features, filters, out_bp, indice_pairs, indice_pair_num, inverse=False, subm=False,
+                             algo=None, timer=None, **kw):  # fmt: skip
+        from spconv.core import ConvAlgo
+
+        algo = ConvAlgo.Native if algo is None else algo
+        if kw or not _batched or not _batched_conv_applies(features, filters, algo) or out_bp.dtype != features.dtype:
+            passed = dict(algo=algo, **kw)
+            if timer is not None:
+                passed["timer"] = timer
+            return fn(features, filters, out_bp, indice_pairs, indice_pair_num, inverse, subm, **passed)
+        weight = _kernel_major(filters)  # [K, C_out, C_in]
+        kv, centre = weight.shape[0], weight.shape[0] // 2
+        dweight = features.new_zeros((kv, filters.shape[0], filters.shape[-1]))
+        pairs = _pair_lists(indice_pairs, indice_pair_num, inverse, subm)
+        if len(pairs.offsets):
+            blocks = len(pairs.offsets)
+            grad_out = _gather(out_bp, pairs.outputs, blocks)  # [K', width, C_out]
+            if subm:  # pairs (i -> o, offset k) and (o -> i, offset K-1-k) come together: a forward pass
+                partial = torch.bmm(_gather(out_bp, pairs.inputs, blocks), weight.index_select(0, pairs.mirrored))
+                din = _add_pairs(partial, len(features), indice_pairs, indice_pair_num, pairs, subm)
+            else:
+                partial = torch.bmm(grad_out, weight.index_select(0, pairs.offsets))
+                din = partial.new_zeros((len(features) + 1, features.shape[1]))
+                din = din.index_add_(0, pairs.inputs, partial.reshape(-1, features.shape[1]))[1:].clone()
+            inputs = _gather(features, pairs.inputs, blocks)  # [K', width, C_in]
+            dweight.index_copy_(0, pairs.offsets, torch.bmm(grad_out.transpose(1, 2), inputs))
+        else:
+            din = torch.zeros_like(features)
+        if subm:
+            din.addmm_(out_bp, weight[centre])
+            torch.mm(out_bp.T, features, out=dweight[centre])
+        return din, dweight.transpose(0, 1).reshape(filters.shape)
+
+    indice_conv_backward._sparse_lab_batched = True
+    return indice_conv_backward
+
+
+def _patch_native_conv() -> None:
+    from spconv.pytorch import ops
+
+    if not getattr(ops.get_indice_pairs, "_sparse_lab_cached_pairs", False):
+        ops.get_indice_pairs = _cached_pairs(ops.get_indice_pairs)
+    if not getattr(ops.indice_conv, "_sparse_lab_batched", False):
+        ops.indice_conv = _batched_indice_conv(ops.indice_conv)
+    if not getattr(ops.indice_conv_backward, "_sparse_lab_batched", False):
+        ops.indice_conv_backward = _batched_indice_conv_backward(ops.indice_conv_backward)
+
+
 def _no_activation():
     import cumm.tensorview as tv
 
@@ -148,6 +411,7 @@ def apply() -> None:
         _patch_streams()
     _patch_cpu_bias()
     _patch_single_thread_ops()
+    _patch_native_conv()
     _applied = True
 
 

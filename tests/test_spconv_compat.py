@@ -1,6 +1,7 @@
 """spconv's CPU build trains and evaluates through sparse_lab.spconv_compat: outputs and gradients of
 sparse convolutions match a dense Conv3d evaluated on the same active sites."""
 
+import contextlib
 import importlib
 
 import pytest
@@ -131,3 +132,85 @@ def test_cpu_kernels_give_the_same_result_on_every_call_with_two_threads():
             and torch.equal(grad_in, results[0][1])
             and torch.equal(grad_w, results[0][2])
         )
+
+
+def cloud(sites=600, grid=12, channels=8, batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    coords = []
+    for b in range(batch):
+        zyx = torch.unique(torch.randint(0, grid, (sites, 3), generator=g), dim=0)
+        coords.append(torch.cat([torch.full((len(zyx), 1), b), zyx], 1))
+    coords = torch.cat(coords).int()
+    return torch.randn(len(coords), channels, generator=g, dtype=torch.float64), coords
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batched_convolution_matches_spconvs_own_loop_in_outputs_and_gradients(dtype):
+    """The batched CPU path (every kernel offset at once) against spconv's per-offset loop: a submanifold,
+    a strided (overlapping 3^3 windows) and an inverse convolution, forward and backward."""
+    feats, coords = cloud()
+    torch.manual_seed(0)
+    subm = sp.SubMConv3d(8, 12, 3, padding=1, bias=False, indice_key="s").to(dtype)
+    down = sp.SparseConv3d(12, 16, 3, stride=2, padding=1, bias=False, indice_key="d").to(dtype)
+    up = sp.SparseInverseConv3d(16, 4, 3, bias=False, indice_key="d").to(dtype)
+    upstream = None
+    results = []
+    for loops in (False, True):
+        x = feats.to(dtype).requires_grad_(True)
+        with spconv_compat.spconv_loops() if loops else contextlib.nullcontext():
+            out = up(down(subm(sp.SparseConvTensor(x, coords.clone(), [12, 12, 12], 2)))).features
+            if upstream is None:
+                upstream = torch.randn_like(out)
+            (out * upstream).sum().backward()
+        results.append([out.detach(), x.grad] + [m.weight.grad.clone() for m in (subm, down, up)])
+        for m in (subm, down, up):
+            m.zero_grad()
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-10, rtol=1e-10)
+    for ours, theirs in zip(*results):
+        torch.testing.assert_close(ours, theirs, **tol)
+
+
+def test_pair_search_runs_once_per_coordinates_tensor_and_again_after_an_in_place_change():
+    feats, coords = cloud(sites=100, channels=4)
+    feats = feats.float()
+
+    def pairs_of(key):
+        conv = sp.SubMConv3d(4, 4, 3, padding=1, bias=False, indice_key=key)
+        out = conv(sp.SparseConvTensor(feats, coords, [12, 12, 12], 2))
+        return out.find_indice_pair(key).indice_pairs
+
+    first = pairs_of("a")
+    assert pairs_of("b") is first  # a new SparseConvTensor on the same coordinates: no second search
+    coords[0, 1] = coords[0, 1]  # an in-place write bumps the version: the pairs are searched again
+    again = pairs_of("c")
+    assert again is not first and torch.equal(again, first)
+    ((versions, _),) = coords.__dict__["_sparse_lab_pairs"].values()
+    assert versions == (coords._version,)
+
+
+def test_pair_layout_is_spconvs_table_offset_by_offset():
+    from spconv.pytorch import ops
+
+    _, coords = cloud(sites=200)
+    for ksize, stride, padding, subm in (([3] * 3, [1] * 3, [1] * 3, True), ([2] * 3, [2] * 3, [0] * 3, False)):
+        _, table, num = ops.get_indice_pairs(
+            coords, 2, [12, 12, 12], sp.ConvAlgo.Native, ksize, stride, padding, [1] * 3, [0] * 3, subm, False
+        )
+        pairs = spconv_compat._pair_lists(table, num, False, subm)
+        width = len(pairs.inputs) // len(pairs.offsets)
+        for block, (k, n) in enumerate(zip(pairs.offsets.tolist(), pairs.counts)):
+            ins = pairs.inputs.view(-1, width)[block]
+            outs = pairs.outputs.view(-1, width)[block]
+            assert torch.equal(ins[:n] - 1, table[0, k, :n].long()) and torch.equal(
+                outs[:n] - 1, table[1, k, :n].long()
+            )
+            assert (ins[n:] == 0).all() and (outs[n:] == 0).all()  # padding: the zero / discarded row
+
+
+def test_inference_mode_runs_and_matches_training_mode():
+    feats, coords = cloud(sites=100, channels=4)
+    conv = sp.SubMConv3d(4, 4, 3, padding=1, bias=False)
+    expected = conv(sp.SparseConvTensor(feats.float(), coords.clone(), [12, 12, 12], 2)).features
+    with torch.inference_mode():  # inference tensors have no version counter: nothing is cached
+        got = conv(sp.SparseConvTensor(feats.float(), coords.clone(), [12, 12, 12], 2)).features
+    torch.testing.assert_close(got, expected.detach())

@@ -177,8 +177,12 @@ class SpikeBlock(nn.Module):
         self.unit3 = SpikeConvBN(channels, channels, **unit)
 
     def forward(self, x: sp.SparseConvTensor) -> sp.SparseConvTensor:
-        x = x.replace_feature(self.unit1(x).features + x.features)
-        return x.replace_feature(self.unit3(self.unit2(x)).features + x.features)
+        # Each sum is built on the unit's output tensor, which carries the pairs unit1 found under
+        # indice_key: unit2 and unit3 reuse them instead of searching the same coordinates again.
+        y = self.unit1(x)
+        x = y.replace_feature(y.features + x.features)
+        y = self.unit3(self.unit2(x))
+        return y.replace_feature(y.features + x.features)
 
     def channel_groups(self, prefix: str, add_gates: bool) -> list[ChannelGroup]:
         """unit2 -> unit3 (``protocols.ChannelGroups``): the only channels of the block that no residual
