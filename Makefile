@@ -29,8 +29,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check sparse_lab tests scripts
 	$(BIN)/ruff format --check sparse_lab tests scripts
 
+# Regenerates docs/benchmarks.md from every scripts/bench_*.py; `make bench QUICK=1` is a smoke run.
 bench: $(STAMP)
-	for script in scripts/bench_*.py; do $(BIN)/python $$script || exit 1; done
+	$(BIN)/python scripts/bench.py $(if $(QUICK),--quick) $(ARGS)
 
 # The papers' claims as seeded sweeps, judged and written to docs/results.md (CLAIM=<name>: one; QUICK=1: smoke run).
 repro: $(STAMP)

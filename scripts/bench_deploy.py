@@ -12,9 +12,10 @@
 
 Variants are interleaved round by round (one ``torch.utils.benchmark`` median per variant and round); a
 ratio is taken within each round, and the table gives the median over rounds and its min-max spread.
-``--write`` puts the tables into docs/benchmarks.md under "## Deployed models" (that section only).
+``--markdown PATH`` writes the section (heading, command, tables, goal) to PATH; `make bench` puts it into
+docs/benchmarks.md.
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_deploy.py [--rounds 7] [--write]
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_deploy.py [--rounds 7] [--markdown PATH]
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import argparse
 import io
 import os
 import platform
-import re
 import statistics
 from pathlib import Path
 
@@ -36,8 +36,8 @@ from sparse_lab.measure.latency import compare_ms
 from sparse_lab.models import build_model
 from sparse_lab.sparsity import build_method
 
-ROOT = Path(__file__).resolve().parents[1]
-SECTION = "## Deployed models"
+SECTION = "## Deployed models (`scripts/bench_deploy.py`)"
+REALISED_GOAL = 0.8
 
 
 NOTES = """\
@@ -86,8 +86,9 @@ def narrowed_mobilenet(seed: int = 0, **masksparsity) -> tuple[nn.Module, nn.Mod
     return inference_copy(dense)[0], inference_copy(narrow)[0], method.stats["macs_before"], method.stats["macs_after"]
 
 
-def bench_channels(rounds: int, min_run_time: float) -> list[str]:
-    """Rows per batch size and MaskSparsity ``round_to`` (1: the paper's selection; 8: SIMD-friendly counts)."""
+def bench_channels(rounds: int, min_run_time: float, realised_eager: dict) -> list[str]:
+    """Rows per batch size and MaskSparsity ``round_to`` (1: the paper's selection; 8: SIMD-friendly counts);
+    fills ``realised_eager[(batch, round_to)]`` with the median realised fraction, eager."""
     x1 = torch.randn(1, 3, 224, 224)
     narrowed = {1: narrowed_mobilenet(), 8: narrowed_mobilenet(round_to=8)}
     dense, macs_dense = narrowed[1][0], narrowed[1][2]
@@ -100,7 +101,9 @@ def bench_channels(rounds: int, min_run_time: float) -> list[str]:
         t = {name: times[name, "x"] for name in models}
         for r, (_, _, _, macs_narrow) in narrowed.items():
             mac_ratio = macs_dense / macs_narrow
-            realised = spread([d / n / mac_ratio for d, n in zip(t["dense"], t[f"narrow{r}"])])
+            realised_rounds = [d / n / mac_ratio for d, n in zip(t["dense"], t[f"narrow{r}"])]
+            realised_eager[batch, r] = statistics.median(realised_rounds)
+            realised = spread(realised_rounds)
             realised_pt2 = spread([d / n / mac_ratio for d, n in zip(t["dense_pt2"], t[f"narrow{r}_pt2"])])
             rows.append(
                 f"| {batch} | {r} | {macs_dense / 1e6:.0f}M / {macs_narrow / 1e6:.1f}M ({mac_ratio:.2f}x) "
@@ -151,28 +154,39 @@ def bench_unstructured(rounds: int, min_run_time: float) -> list[str]:
 
 def report(args) -> str:
     threads = torch.get_num_threads()
+    realised: dict = {}
+    channel_rows = bench_channels(args.rounds, args.min_run_time, realised)
+    unstructured_rows = bench_unstructured(args.rounds, args.min_run_time)
+    goal_rows = [
+        f"| realised eager >= {REALISED_GOAL} | batch {batch}, round_to {r} | {value:.2f} "
+        f"| {'met' if value >= REALISED_GOAL else '**missed**'} |"
+        for (batch, r), value in realised.items()
+    ]
+    missed = [key for key, value in realised.items() if value < REALISED_GOAL]
+    command = "OMP_NUM_THREADS={} .venv/bin/python scripts/bench_deploy.py {}".format(
+        os.environ.get("OMP_NUM_THREADS", threads),
+        "--quick" if args.quick else f"--rounds {args.rounds} --min-run-time {args.min_run_time}",
+    )
     lines = [
         SECTION,
         "",
-        "Measured by `scripts/bench_deploy.py` (one run; variants interleaved, "
-        f"{args.rounds} rounds, `torch.utils.benchmark` median per variant and round, {args.min_run_time} s each; "
-        "ratio per round, median (min-max) over rounds). "
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other sessions, "
-        f"torch {torch.__version__}, {threads} thread(s), fp32.",
+        "```",
+        command + " --markdown PATH",
+        "```",
         "",
-        "```",
-        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', threads)} .venv/bin/python scripts/bench_deploy.py "
-        f"--rounds {args.rounds} --write",
-        "```",
+        "Variants interleaved in one process, "
+        f"{args.rounds} rounds, `torch.utils.benchmark` median per variant and round, {args.min_run_time} s each; "
+        "ratio per round, median (min-max) over rounds. "
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {threads} thread(s), fp32.",
         "",
         "**(a) Channel pruning.** MobileNetV2 1.0, 224², narrowed by MaskSparsity (random γ, ratio 0.5 of the MACs; "
         "`round_to`: kept channels per group rounded to a multiple of it, `sparsity.round_to`). "
-        "Realised = (dense ms / narrowed ms) / MAC ratio; goal >= 0.8.",
+        f"Realised = (dense ms / narrowed ms) / MAC ratio; goal >= {REALISED_GOAL}.",
         "",
         "| batch | round_to | MACs dense / narrowed | dense ms | narrowed ms | speed-up eager | realised eager "
         "| speed-up .pt2 | realised .pt2 |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|",
-        *bench_channels(args.rounds, args.min_run_time),
+        *channel_rows,
         "",
         "**(b) Unstructured sparsity, CPU.** Random masks (uniform), first layer and classifier dense. Speed-up = "
         "dense ms / variant ms. `.pt2`: the deployed program (CSR cannot be exported: dense layers). "
@@ -181,31 +195,39 @@ def report(args) -> str:
         "| model | sparsity | CSR layers chosen | dense ms, b1 | .pt2, b1 | CSR eager, b1 | dense ms, b64 "
         "| .pt2, b64 | CSR eager, b64 |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|",
-        *bench_unstructured(args.rounds, args.min_run_time),
+        *unstructured_rows,
+        "",
+        "**Goals** (channel pruning, median realised fraction of the MAC cut, eager):",
+        "",
+        "| goal | case | median | status |",
+        "|---|---|---:|---|",
+        *goal_rows,
+        "",
+        "All goals met."
+        if not missed
+        else "Where the goal is missed: at batch 1 a narrowed MobileNetV2 is bound by per-layer overhead (about 50 "
+        "small convolutions, each with a fixed dispatch cost that narrowing does not reduce), and channel counts that "
+        "are not multiples of the SIMD width waste vector lanes (`round_to` 8 recovers part of that).",
         "",
         NOTES.rstrip("\n"),
     ]
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    doc = path.read_text()
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    doc = pattern.sub(lambda _: text + "\n", doc) if pattern.search(doc) else doc.rstrip("\n") + "\n\n" + text
-    path.write_text(doc)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--min-run-time", type=float, default=0.3, help="seconds per measurement")
-    parser.add_argument("--write", action="store_true", help="write the tables into docs/benchmarks.md")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 2 rounds of 0.02 s")
+    parser.add_argument("--markdown", type=Path, help="write the section (heading, command, tables, goal) here")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.min_run_time = 2, 0.02
     text = report(args)
     print(text)
-    if args.write:
-        write_section(text)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(text)
 
 
 if __name__ == "__main__":
