@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from sparse_lab.errors import UserError, check_range
 
@@ -31,14 +31,23 @@ class ImageDataModule(pl.LightningDataModule):
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
 
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+    def train_sampler(self, dataset: Dataset) -> Sampler | None:
+        """How an epoch draws the training split; None: all of it, shuffled. (A datamodule whose epoch is a
+        random draw of fewer samples, or a stream of fresh ones, returns its sampler.)"""
+        return None
+
+    def _loader(self, dataset: Dataset, train: bool, collate_fn=None) -> DataLoader:
+        sampler = self.train_sampler(dataset) if train else None
+        drawn = len(sampler) if sampler is not None else len(dataset)
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            drop_last=train and len(dataset) > self.batch_size,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            drop_last=train and drawn > self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            collate_fn=collate_fn,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
 from sparse_lab.data import DATASETS
 from sparse_lab.data.scene_flow import SceneFlowDataModule
@@ -188,17 +188,8 @@ class Flow3DDataModule(SceneFlowDataModule):
             for size, split in zip(self.sizes, SPLITS)
         )
 
-    def train_dataloader(self) -> DataLoader:
-        if not self.fresh_train_scenes:
-            return super().train_dataloader()
-        return DataLoader(
-            self.train_set,
-            batch_size=self.batch_size,
-            sampler=FreshScenes(self.sizes[0], self.seed),
-            drop_last=self.sizes[0] > self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+    def train_sampler(self, dataset: Dataset) -> Sampler | None:
+        return FreshScenes(self.sizes[0], self.seed) if self.fresh_train_scenes else None
 
 
 @DATASETS.register("flow3d")

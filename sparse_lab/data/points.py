@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from sparse_lab.batches import VoxelBatch
 from sparse_lab.data.base import ImageDataModule
@@ -135,22 +135,15 @@ class PointCloudDataModule(ImageDataModule):
         self.grid_size = grid_size(self.voxel_size)
         self.augment, self.up_axis_only = bool(augment), bool(up_axis_only)
 
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        collate = VoxelCollate(self.voxel_size, augment=train and self.augment, up_axis_only=self.up_axis_only)
+    def train_sampler(self, dataset: Dataset) -> Sampler | None:
         # An epoch may be a random draw of epoch_size clouds from the training split (without replacement).
-        sampler = None
-        if train and self.epoch_size is not None and self.epoch_size < len(dataset):
-            sampler = RandomSampler(dataset, num_samples=self.epoch_size)
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train and sampler is None,
-            sampler=sampler,
-            drop_last=train and min(len(dataset), self.epoch_size or len(dataset)) > self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=collate,
-        )
+        if self.epoch_size is not None and self.epoch_size < len(dataset):
+            return RandomSampler(dataset, num_samples=self.epoch_size)
+        return None
+
+    def _loader(self, dataset: Dataset, train: bool, collate_fn=None) -> DataLoader:
+        collate = VoxelCollate(self.voxel_size, augment=train and self.augment, up_axis_only=self.up_axis_only)
+        return super()._loader(dataset, train, collate_fn=collate)
 
     def example_input(self) -> VoxelBatch:
         """One cloud of the test split (batch size 1): MACs of sparse convolutions depend on its occupancy."""

@@ -40,7 +40,7 @@ import re
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
+from torch.utils.data import Dataset, RandomSampler, Sampler, TensorDataset
 
 from sparse_lab.data import DATASETS
 from sparse_lab.data.base import ImageDataModule
@@ -264,18 +264,11 @@ class WarpedDigitsDataModule(ImageDataModule):
             self.sources[split] = index
         self.train_set, self.val_set, self.test_set = sets
 
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        if not (train and self.epoch_size is not None and self.epoch_size < len(dataset)):
-            return super()._loader(dataset, train)
+    def train_sampler(self, dataset: Dataset) -> Sampler | None:
         # An epoch is a draw of epoch_size images from the training split (without replacement).
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=RandomSampler(dataset, num_samples=self.epoch_size),
-            drop_last=self.epoch_size > self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        if self.epoch_size is not None and self.epoch_size < len(dataset):
+            return RandomSampler(dataset, num_samples=self.epoch_size)
+        return None
 
 
 @DATASETS.register("warped_digits")
