@@ -105,6 +105,30 @@ def check_datamodule(datamodule) -> DataInfo:
     return info
 
 
+def profile_and_deploy(cfg, model, dense_reference, datamodule, target, run_dir: Path):
+    """The trained model's cost on the target, final_model.pt, and the deployed program timed against the
+    dense model as built: (target metrics, per-layer MACs, deployment metrics, deployment details)."""
+    model = model.to(target.device)  # a method may have rebuilt it (e.g. narrowed channels)
+    example = move_data_to_device(datamodule.example_input(), target.device)
+    hw_metrics, macs_table = target.profile(model, example)
+    model.cpu()  # final_model.pt loads anywhere
+    checkpoints.atomic_save(model.state_dict(), run_dir / "final_model.pt")
+    reference_macs = count_macs(dense_reference.to(target.device), example).dense
+    deployed_metrics, deployed = deploy_and_time(
+        model,
+        dense_reference,
+        example,
+        run_dir / "deployed.pt2",
+        device=target.device,
+        batch_size=getattr(datamodule, "batch_size", None),
+        reference_macs=reference_macs,
+        target_macs=hw_metrics["macs/target"],
+        export=cfg.deploy.export,
+        measure=cfg.deploy.latency,
+    )
+    return hw_metrics, macs_table, deployed_metrics, deployed
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Train and evaluate one configuration; return the results dictionary (also in results.json).
 
@@ -192,26 +216,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             finish(loggers)
             return results.data
 
-        model = task.model.to(target.device)  # a method may have rebuilt it (e.g. narrowed channels)
-        example = move_data_to_device(datamodule.example_input(), target.device)
-        hw_metrics, macs_table = target.profile(model, example)
-        model.cpu()  # final_model.pt loads anywhere
-        metrics = {**test, **method.summary(), **activations.summary(), **hw_metrics}
-        checkpoints.atomic_save(model.state_dict(), run_dir / "final_model.pt")
-        reference_macs = count_macs(dense_reference.to(target.device), example).dense
-        deployed_metrics, deployed = deploy_and_time(
-            model,
-            dense_reference,
-            example,
-            run_dir / "deployed.pt2",
-            device=target.device,
-            batch_size=getattr(datamodule, "batch_size", None),
-            reference_macs=reference_macs,
-            target_macs=hw_metrics["macs/target"],
-            export=cfg.deploy.export,
-            measure=cfg.deploy.latency,
+        hw_metrics, macs_table, deployed_metrics, deployed = profile_and_deploy(
+            cfg, task.model, dense_reference, datamodule, target, run_dir
         )
-        metrics.update(deployed_metrics)
+        metrics = {**test, **method.summary(), **activations.summary(), **hw_metrics, **deployed_metrics}
         log_final(loggers, metrics, step=global_step, layers=method.layer_table())
         results.update(
             metrics=metrics,
