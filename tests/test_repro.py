@@ -235,3 +235,11 @@ def test_a_stored_sweep_report_is_embedded_with_its_plots(tmp_path):
     text = (tmp_path / "results.md").read_text()
     assert "## Sweep `methods`: its `sparse-lab report`" in text and "### Groups" in text
     assert "![pareto_acc](repro/sweeps/methods/pareto_acc.png)" in text and "# sparse-lab report" not in text
+
+
+def test_render_only_regenerates_the_page_from_stored_records(tmp_path, capsys):
+    (tmp_path / "records" / "sweeps" / "s").mkdir(parents=True)
+    (tmp_path / "records" / "sweeps" / "s" / "report.md").write_text("# sparse-lab report\n\nbody\n")
+    doc = tmp_path / "page.md"
+    assert repro_main(["--render-only", "--records", str(tmp_path / "records"), "--doc", str(doc)]) == 0
+    assert "## Sweep `s`" in doc.read_text() and doc.read_text().count("Not run yet") == len(CLAIMS)

@@ -11,7 +11,7 @@ from sparse_lab.repro.claims import CLAIMS, claim_names, get_claim
 ROOT = Path(__file__).resolve().parents[2]
 
 HELP = f"""\
-usage: sparse-lab repro [CLAIM ...] [--quick] [--judge-only] [--out DIR] [--records DIR] [--doc FILE]
+usage: sparse-lab repro [CLAIM ...] [--quick] [--judge-only | --render-only] [--out DIR] [--records DIR] [--doc FILE]
 
 Test each paper's claim beyond seed noise: run the claim's sweep (configs/experiment/repro_<claim>.yaml,
 three seeds), judge it by paired differences with 95% confidence intervals, store the numbers in
@@ -23,6 +23,8 @@ options:
   --quick         one seed and a few steps per run: a smoke test of every sweep, never evidence
                   (writes below --out only: records in <out>/records, the page in <out>/results.md)
   --judge-only    judge sweeps already in --out again (no training), then regenerate the page
+  --render-only   regenerate the page from the stored records only (also embeds every sweep report
+                  stored as <records>/sweeps/<name>/report.md by `sparse-lab report ... --out`)
   --out DIR       where the sweeps run (default: outputs/repro)
   --records DIR   the claims' JSON records and plots (default: docs/repro)
   --doc FILE      the generated page (default: docs/results.md)
@@ -35,7 +37,7 @@ make repro [CLAIM=<name>] [QUICK=1] runs this. Wall time of each claim: docs/res
 
 def main(args: list[str]) -> int:
     names: list[str] = []
-    quick = judge_only = False
+    quick = judge_only = render_only = False
     out, records, doc = ROOT / "outputs" / "repro", None, None
     it = iter(args)
     for a in it:
@@ -61,6 +63,8 @@ def main(args: list[str]) -> int:
             quick = True
         elif a == "--judge-only":
             judge_only = True
+        elif a == "--render-only":
+            render_only = True
         elif a.startswith("-"):
             print(f"error: unknown option {a!r} (see sparse-lab repro --help)", file=sys.stderr)
             return 2
@@ -73,6 +77,12 @@ def main(args: list[str]) -> int:
     out = out.resolve()
     records = (records or (out / "records" if quick else ROOT / "docs" / "repro")).resolve()
     doc = (doc or (out / "results.md" if quick else ROOT / "docs" / "results.md")).resolve()
+    if render_only:
+        from sparse_lab.repro.render import write_results
+
+        write_results(doc, records)
+        print(f"wrote {doc}")
+        return 0
     return repro([get_claim(n) for n in names] or list(CLAIMS), out, records, doc, quick, judge_only)
 
 
