@@ -99,13 +99,16 @@ def _column(value: float | None, metric) -> str:
 
 
 def summary_table(records: dict[str, dict]) -> str:
-    lines = ["## Claims at a glance", "", "| claim | paper | verdict | seeds | wall time |", "|---|---|---|---|---|"]
+    lines = ["## Claims at a glance", "", "| claim | paper | verdict | the checks | seeds | wall time |"]
+    lines.append("|---|---|---|---|---|---|")
     for claim in CLAIMS:
         rec = records.get(claim.name)
         verdict = "not run yet" if rec is None else rec["verdict"] + (" (quick)" if rec.get("quick") else "")
         seeds = "–" if rec is None else str(max((v["summary"]["n"] for v in rec["variants"]), default=0))
         wall = "–" if rec is None else f"{rec['wall_s'] / 60:.1f} min"
-        lines.append(f"| [{claim.name}](#{_anchor(claim.title)}) | {claim.paper} | {verdict} | {seeds} | {wall} |")
+        checks = "–" if rec is None else "; ".join(f"{c['says']}: {c['verdict']}" for c in rec["checks"])
+        link = f"[{claim.name}](#{_anchor(claim.title)})"
+        lines.append(f"| {link} | {claim.paper} | {verdict} | {checks} | {seeds} | {wall} |")
     return "\n".join(lines) + "\n"
 
 
