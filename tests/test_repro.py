@@ -14,6 +14,7 @@ from sparse_lab.report.runs import Run, group_runs
 from sparse_lab.repro import main as repro_main
 from sparse_lab.repro.checks import (
     ACCURACY,
+    CONFOUNDED,
     EPE3D,
     HELD,
     NOT_HELD,
@@ -243,3 +244,14 @@ def test_render_only_regenerates_the_page_from_stored_records(tmp_path, capsys):
     doc = tmp_path / "page.md"
     assert repro_main(["--render-only", "--records", str(tmp_path / "records"), "--doc", str(doc)]) == 0
     assert "## Sweep `s`" in doc.read_text() and doc.read_text().count("Not run yet") == len(CLAIMS)
+
+
+def test_a_failed_premise_makes_the_claim_confounded_whatever_its_checks_say():
+    claim_check = Check("better", "a", "b")
+    premise = Check("noninferior", "b", "a", margin=0.01, premise=True)
+    groups = group_runs(runs({"arm": "a"}, [0.85, 0.86, 0.87]) + runs({"arm": "b"}, [0.60, 0.65, 0.62]))
+    variants = [Variant("a", {"sparsity.arm": "a"}), Variant("b", {"sparsity.arm": "b"})]
+    assert judge_claim(groups, variants, [claim_check]).verdict == HELD
+    assert judge_claim(groups, variants, [claim_check, premise]).verdict == CONFOUNDED
+    fine = group_runs(runs({"arm": "a"}, [0.85, 0.86, 0.87]) + runs({"arm": "b"}, [0.848, 0.855, 0.866]))
+    assert judge_claim(fine, variants, [claim_check, premise]).verdict == HELD

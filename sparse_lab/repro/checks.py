@@ -16,6 +16,7 @@ from sparse_lab.report.stats import Summary, summarize
 from sparse_lab.results import flatten_config
 
 HELD, NOT_HELD, UNCLEAR = "held", "not held", "not distinguishable"
+CONFOUNDED = "confounded"  # a premise of the comparison failed: the claim's own checks cannot be read
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class Check:
     factor: float = 1.0  # ratio
     lower_gap: bool = False
     says: str = ""
+    premise: bool = False  # not the claim itself but what reading it assumes (e.g. the wider dense model trains)
 
     def label(self) -> str:
         a = self.a.label() if isinstance(self.a, Gap) else self.a
@@ -123,7 +125,9 @@ class ClaimResult:
     def verdict(self) -> str:
         if self.missing or not self.outcomes:
             return UNCLEAR
-        verdicts = [o.verdict for o in self.outcomes]
+        if any(o.check.premise and o.verdict == NOT_HELD for o in self.outcomes):
+            return CONFOUNDED
+        verdicts = [o.verdict for o in self.outcomes if not o.check.premise]
         if NOT_HELD in verdicts:
             return NOT_HELD
         return HELD if all(v == HELD for v in verdicts) else UNCLEAR
