@@ -278,6 +278,7 @@ CLAIMS: tuple[Claim, ...] = (
         ),
         checks=(Check("better", "with consistency loss", "without", metric=EPE3D, says="lower EPE3D"),),
         metric=EPE3D,
+        columns=(Metric("test/epe3d_zero_flow", "zero-flow EPE3D (m), the baseline", higher_is_better=False),),
         setup=(
             "`sparse-lab train model=sctn` (flow3d, random 80% ERK: the default command) against "
             "`model.consistency_weight=0`."
