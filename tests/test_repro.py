@@ -255,3 +255,14 @@ def test_a_failed_premise_makes_the_claim_confounded_whatever_its_checks_say():
     assert judge_claim(groups, variants, [claim_check, premise]).verdict == CONFOUNDED
     fine = group_runs(runs({"arm": "a"}, [0.85, 0.86, 0.87]) + runs({"arm": "b"}, [0.845, 0.853, 0.864]))
     assert judge_claim(fine, variants, [claim_check, premise]).verdict == HELD
+
+
+def test_a_claims_plot_is_linked_relative_to_the_page(tmp_path):
+    records = tmp_path / "docs" / "repro"
+    records.mkdir(parents=True)
+    (records / "sctn.png").write_bytes(b"png")
+    rec = {"verdict": UNCLEAR, "commands": [], "wall_s": 1.0, "machine": "m", "torch": "t", "date": "d"}
+    rec |= {"variants": [], "checks": [], "missing": [], "failed": []}
+    (records / "sctn.json").write_text(json.dumps(rec))
+    write_results(tmp_path / "docs" / "results.md", records)
+    assert "![sctn](repro/sctn.png)" in (tmp_path / "docs" / "results.md").read_text()

@@ -48,7 +48,8 @@ def _digits(scale: float) -> int:
     return 2 if scale != 1.0 else 4
 
 
-def claim_section(claim: Claim, rec: dict | None, records: Path, plots: bool = True) -> str:
+def claim_section(claim: Claim, rec: dict | None, records: Path, link: Path | None = None) -> str:
+    """One claim's section; ``records`` holds its plot, linked as ``link``/<claim>.png (relative to the page)."""
     lines = [f"## {claim.title}", "", f"*{claim.paper}.* {claim.statement}", ""]
     if rec is None:
         lines += [f"Not run yet: `make repro CLAIM={claim.name}`.", ""]
@@ -87,8 +88,8 @@ def claim_section(claim: Claim, rec: dict | None, records: Path, plots: bool = T
         lines += ["", f"Run {f['status']}: `{f['run']}`: {f['error']}"]
     for name in claim.extras:
         lines += ["", FACTS[name]()]
-    if plots and (records / f"{claim.name}.png").exists():
-        lines += ["", f"![{claim.name}]({records.name}/{claim.name}.png)"]
+    if (records / f"{claim.name}.png").exists():
+        lines += ["", f"![{claim.name}]({link or records}/{claim.name}.png)"]
     return "\n".join(lines) + "\n"
 
 
@@ -132,7 +133,7 @@ def write_results(doc: Path, records: Path) -> None:
     recs = load_records(records)
     rel = records.relative_to(doc.parent) if records.is_relative_to(doc.parent) else records
     parts = [HEADER.format(records=rel), summary_table(recs)]
-    parts += [claim_section(c, recs.get(c.name), Path(rel)) for c in CLAIMS]
+    parts += [claim_section(c, recs.get(c.name), records, Path(rel)) for c in CLAIMS]
     parts += [sweep_section(path, Path(rel)) for path in sorted(records.glob("sweeps/*/report.md"))]
     doc.write_text("\n".join(parts))
 
