@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import platform
 import shlex
 import subprocess
@@ -11,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from sparse_lab.launch import available_cores
 from sparse_lab.report.runs import find_results, group_runs, load_run
 from sparse_lab.report.stats import summarize
 from sparse_lab.repro.checks import ClaimResult, judge_claim
@@ -59,8 +59,7 @@ def judge(claim: Claim, out: Path) -> tuple[ClaimResult, list]:
 
 
 def machine() -> str:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{platform.machine()}, {cores} CPU cores, Python {platform.python_version()}"
+    return f"{platform.machine()}, {available_cores()} CPU cores, Python {platform.python_version()}"
 
 
 def record(claim: Claim, result: ClaimResult, failed: list, commands: list[str], wall_s: float, quick: bool) -> dict:
@@ -76,10 +75,9 @@ def record(claim: Claim, result: ClaimResult, failed: list, commands: list[str],
         if group is None:
             continue
         values = {str(r.seed): claim.metric.of(r.metrics) for r in group.runs}
-        columns = {m.key: group.mean_metric(m.key) for m in claim.columns}
-        for m in claim.columns:  # complements read 1 - value
-            if m.complement and columns[m.key] is not None:
-                columns[m.key] = 1.0 - columns[m.key]
+        columns = {
+            m.key: summarize([v for r in group.runs if (v := m.of(r.metrics)) is not None]).mean for m in claim.columns
+        }
         present = [v for v in values.values() if v is not None]
         variants.append(
             {"label": variant.label, "values": values, "summary": summary(summarize(present)), "columns": columns}
