@@ -129,6 +129,11 @@ def profile_and_deploy(cfg, model, dense_reference, datamodule, target, run_dir:
     return hw_metrics, macs_table, deployed_metrics, deployed
 
 
+def last_validation(metrics) -> dict[str, float]:
+    """The validation metrics of the last epoch (what a hyperparameter is chosen on; test is never looked at)."""
+    return {key: float(value) for key, value in metrics.items() if key.startswith("val/")}
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Train and evaluate one configuration; return the results dictionary (also in results.json).
 
@@ -199,14 +204,16 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                 if done is not None:  # the last round had completed: tested again for the activation measures
                     checkpoints.restore_round(done, task.model, method)
                     test = trainer.test(task, datamodule=datamodule, verbose=False)[0]
+                    val = last_validation(results.data["rounds"][round_index])
                     rng.restore(done["rng"])
                     global_step = done["global_step"]
                     continue
                 ckpt_path = point.checkpoint_for(round_index) if point else None
                 trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+                val = last_validation(trainer.callback_metrics)
                 test = trainer.test(task, datamodule=datamodule, verbose=False)[0]
             global_step = trainer.global_step
-            results.data["rounds"].append({"round": round_index, **test, **method.summary()})
+            results.data["rounds"].append({"round": round_index, **val, **test, **method.summary()})
             results.write()
             if rank_zero and trainer.checkpoint_callback is not None:  # what a resume replays this round from
                 checkpoints.save_round(run_dir, round_index, task.model, method, digest, test, global_step)
@@ -219,7 +226,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         hw_metrics, macs_table, deployed_metrics, deployed = profile_and_deploy(
             cfg, task.model, dense_reference, datamodule, target, run_dir
         )
-        metrics = {**test, **method.summary(), **activations.summary(), **hw_metrics, **deployed_metrics}
+        metrics = {**val, **test, **method.summary(), **activations.summary(), **hw_metrics, **deployed_metrics}
         log_final(loggers, metrics, step=global_step, layers=method.layer_table())
         results.update(
             metrics=metrics,

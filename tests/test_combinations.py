@@ -78,6 +78,13 @@ def test_every_model_trains_with_every_method(model, method, make_cfg, tmp_path)
     # Each epoch logs the global sparsity and every prunable layer's density.
     (csv_log,) = tmp_path.rglob("metrics.csv")
     with open(csv_log) as f:
-        columns = next(csv.reader(f))
+        rows = list(csv.DictReader(f))
+    columns = rows[0].keys()
     assert "sparsity/global" in columns
+    # The last validation epoch's metrics are kept (hyperparameters are chosen on them, never on test).
+    val = {k: v for k, v in m.items() if k.startswith("val/")}
+    assert val and all(k in r for r in results["rounds"] for k in val)
+    for key, value in val.items():
+        logged = [float(r[key]) for r in rows if r.get(key) and not r.get("macs/dense")]  # not the final row
+        assert value == pytest.approx(logged[-1])
     assert {f"density/{row['name']}" for row in results["layers"]} <= set(columns)
