@@ -27,6 +27,7 @@ from sparse_lab.repro.checks import (
 )
 from sparse_lab.repro.claims import CLAIMS, get_claim
 from sparse_lab.repro.render import claim_section, write_results
+from sparse_lab.results import flatten_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -110,18 +111,25 @@ def test_a_variant_matching_two_groups_is_an_error_in_the_claim():
 
 # -- the claims' definitions --------------------------------------------------------------------------
 @pytest.mark.parametrize("claim", CLAIMS, ids=lambda c: c.name)
-def test_every_claim_sweeps_three_seeds_over_the_keys_its_variants_select(claim):
+def test_every_claim_sweeps_three_seeds_and_each_variant_is_in_one_of_its_sweeps(claim, make_cfg):
+    sweeps = []
     for experiment in claim.experiments:
-        cfg = OmegaConf.load(CONFIGS / "experiment" / f"{experiment}.yaml")
-        params = cfg.hydra.sweeper.params
+        params = OmegaConf.load(CONFIGS / "experiment" / f"{experiment}.yaml").hydra.sweeper.params
         assert str(params.seed).split(",") == ["0", "1", "2"]
         swept = {key: str(values).split(",") for key, values in params.items()}
-        for variant in claim.variants:  # every variant's values are among the swept ones (or fixed in the file)
-            for key, value in variant.where.items():
-                if key in swept:
-                    assert any(_same(value, v) for v in swept[key]), (variant.label, key)
-                elif key != "sparsity.name" and key != "model.name":
-                    assert OmegaConf.select(cfg, key) is not None, (variant.label, key)
+        composed = flatten_config(OmegaConf.to_container(make_cfg(f"experiment={experiment}"), resolve=True))
+        sweeps.append((swept, composed))
+
+    def selects(variant, swept, composed) -> bool:  # a run of this sweep has every value the variant asks for
+        def among(key, value) -> bool:
+            if key.endswith(".name") and key.removesuffix(".name") in swept:  # a swept config group's option
+                key = key.removesuffix(".name")
+            return any(_same(value, v) for v in swept[key]) if key in swept else _same(value, str(composed.get(key)))
+
+        return all(among(key, value) for key, value in variant.where.items())
+
+    for variant in claim.variants:
+        assert any(selects(variant, *sweep) for sweep in sweeps), variant.label
     labels = [v.label for v in claim.variants]
     for check in claim.checks:
         for term in (check.a, check.b):
@@ -255,6 +263,17 @@ def test_a_failed_premise_makes_the_claim_confounded_whatever_its_checks_say():
     assert judge_claim(groups, variants, [claim_check, premise]).verdict == CONFOUNDED
     fine = group_runs(runs({"arm": "a"}, [0.85, 0.86, 0.87]) + runs({"arm": "b"}, [0.845, 0.853, 0.864]))
     assert judge_claim(fine, variants, [claim_check, premise]).verdict == HELD
+
+
+def test_an_aside_is_judged_and_shown_but_not_counted_in_the_verdict():
+    claim_check = Check("better", "a", "b")
+    aside = Check("better", "c", "b", aside=True)  # another setting: fails here, yet the claim holds
+    groups = group_runs(
+        runs({"arm": "a"}, [0.85, 0.86, 0.87]) + runs({"arm": "b"}, [0.80, 0.81, 0.80]) + runs({"arm": "c"}, [0.7] * 3)
+    )
+    variants = [Variant(arm, {"sparsity.arm": arm}) for arm in "abc"]
+    result = judge_claim(groups, variants, [claim_check, aside])
+    assert result.verdict == HELD and [o.verdict for o in result.outcomes] == [HELD, NOT_HELD]
 
 
 def test_a_claims_plot_is_linked_relative_to_the_page(tmp_path):

@@ -89,6 +89,7 @@ class Check:
     lower_gap: bool = False
     says: str = ""
     premise: bool = False  # not the claim itself but what reading it assumes (e.g. the wider dense model trains)
+    aside: bool = False  # another setting than the claim's own (e.g. another λ): shown, not in the verdict
 
     def label(self) -> str:
         a = self.a.label() if isinstance(self.a, Gap) else self.a
@@ -127,7 +128,7 @@ class ClaimResult:
             return UNCLEAR
         if any(o.check.premise and o.verdict == NOT_HELD for o in self.outcomes):
             return CONFOUNDED
-        verdicts = [o.verdict for o in self.outcomes if not o.check.premise]
+        verdicts = [o.verdict for o in self.outcomes if not (o.check.premise or o.check.aside)]
         if NOT_HELD in verdicts:
             return NOT_HELD
         return HELD if all(v == HELD for v in verdicts) else UNCLEAR
