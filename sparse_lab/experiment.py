@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import move_data_to_device
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from sparse_lab import checkpoints, distributed, lifecycle, resume, rng, skip
+from sparse_lab import checkpoints, distributed, lifecycle, resume, rng, skip, test_items
 from sparse_lab.data import DATASETS
 from sparse_lab.errors import UserError
 from sparse_lab.hardware import TARGETS
@@ -27,7 +27,7 @@ from sparse_lab.loggers import build_loggers, finish, log_final, wandb_info
 from sparse_lab.measure import ActivationSparsity, SpikeStats, count_macs
 from sparse_lab.model_summary import ModelSummaryWithoutFlops
 from sparse_lab.models import model_from_config
-from sparse_lab.protocols import DataInfo, ExampleInput
+from sparse_lab.protocols import DataInfo, ExampleInput, TestItems
 from sparse_lab.results import RunResults
 from sparse_lab.sparsity import METHODS
 from sparse_lab.summary import print_summary
@@ -134,6 +134,15 @@ def last_validation(metrics) -> dict[str, float]:
     return {key: float(value) for key, value in metrics.items() if key.startswith("val/")}
 
 
+def save_test_items(task, world_size: int, run_dir: Path) -> dict | None:
+    """The last test item by item (test_items.npz), when the task records it; a multi-process test sees
+    each rank's share only (padded by the sampler), so it is recorded by one-process runs."""
+    items = task.test_items() if isinstance(task, TestItems) else None
+    if items is None or world_size > 1:
+        return None
+    return test_items.save(run_dir, items["metric"], items["values"], items["key"])
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Train and evaluate one configuration; return the results dictionary (also in results.json).
 
@@ -226,6 +235,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         hw_metrics, macs_table, deployed_metrics, deployed = profile_and_deploy(
             cfg, task.model, dense_reference, datamodule, target, run_dir
         )
+        items = save_test_items(task, trainer.world_size, run_dir)
         metrics = {**val, **test, **method.summary(), **activations.summary(), **hw_metrics, **deployed_metrics}
         log_final(loggers, metrics, step=global_step, layers=method.layer_table())
         results.update(
@@ -235,6 +245,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             macs_by_layer=macs_table,
             activations_by_layer=activations.table(),
             deployed=deployed,
+            test_items=items,
         )
         results.finish("completed")
         print_summary(cfg, results.data)

@@ -114,6 +114,15 @@ class AuxiliaryLosses(Protocol):
 
 
 @runtime_checkable
+class TestItems(Protocol):
+    """A task's last test, item by item in loader order (``sparse_lab.test_items``): ``{"metric": the
+    results.json metric the values average to, "values": per item, "key": what identifies the items (e.g.
+    the labels)}``, or None when it has none."""
+
+    def test_items(self) -> dict | None: ...
+
+
+@runtime_checkable
 class ExampleInput(Protocol):
     """One input of batch size 1 on the CPU, for counting MACs, measuring latency and tracing the model
     (the generic channel-group path). Every datamodule provides it."""

@@ -11,6 +11,7 @@ import math
 import pytest
 from hydra import compose, initialize_config_dir
 
+from sparse_lab import test_items
 from sparse_lab.cli import CONFIG_DIR
 from sparse_lab.errors import IncompatibleError
 from sparse_lab.experiment import run
@@ -88,3 +89,6 @@ def test_every_model_trains_with_every_method(model, method, make_cfg, tmp_path)
         logged = [float(r[key]) for r in rows if r.get(key) and not r.get("macs/dense")]  # not the final row
         assert value == pytest.approx(logged[-1])
     assert {f"density/{row['name']}" for row in results["layers"]} <= set(columns)
+    if primary == "test/acc":  # the test item by item, for intervals that count the test set's sampling error
+        items = test_items.load(tmp_path, results["test_items"], "test/acc")
+        assert items is not None and items.mean() == pytest.approx(m["test/acc"], abs=1e-6)

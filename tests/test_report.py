@@ -7,8 +7,10 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from sparse_lab import test_items
 from sparse_lab.report import (
     build_report,
     density_matrices,
@@ -17,6 +19,7 @@ from sparse_lab.report import (
     paired_comparisons,
     pareto_front,
     summarize,
+    summarize_paired,
     t_cdf_abs,
     t_quantile,
 )
@@ -193,6 +196,62 @@ def test_paired_against_dense_and_lower_is_better(tmp_path):
     assert cmp.b.first.name("sparsity") == "dense"
     assert cmp.verdict == "A better"
     assert cmp.summary.mean == pytest.approx(-0.1, abs=1e-9)
+
+
+def items_sweep(root: Path, method: str, correct: list[np.ndarray], labels: np.ndarray) -> None:
+    """Runs whose test items are recorded as the experiment writes them (sparse_lab.test_items)."""
+    for seed, right in enumerate(correct):
+        run_dir = write_run(root, f"{method}_s{seed}", config(seed, method), acc_metrics(float(right.mean())))
+        results = json.loads((run_dir / "results.json").read_text())
+        results["test_items"] = test_items.save(run_dir, "test/acc", right.astype(np.uint8), labels)
+        (run_dir / "results.json").write_text(json.dumps(results))
+
+
+def test_one_test_image_per_seed_is_not_a_win_once_the_test_set_is_counted(tmp_path):
+    # digits' 269 test images: B gets the same single image wrong at every seed, all else alike. The seeds
+    # agree exactly (std 0), so over seeds alone the interval collapses onto +0.37 points and calls A better.
+    labels = np.arange(269) % 10
+    rng = np.random.default_rng(0)
+    base = [rng.random(269) < 0.95 for _ in range(3)]
+    for right in base:
+        right[0] = True
+    worse = [right.copy() for right in base]
+    for right in worse:
+        right[0] = False
+    items_sweep(tmp_path / "a", "set", base, labels)
+    items_sweep(tmp_path / "b", "rigl", worse, labels)
+    (cmp,) = paired_comparisons(group_runs(runs_below(tmp_path)))
+    assert cmp.summary.items == 269 and cmp.summary.over() == "3 seeds + 269 test items"
+    assert cmp.summary.mean == pytest.approx(1 / 269 * (1 if cmp.a.first.name("sparsity") == "set" else -1))
+    assert cmp.verdict == "not distinguishable"
+    seeds_only = summarize(cmp.diffs)
+    assert seeds_only.ci[0] == seeds_only.ci[1] == pytest.approx(cmp.summary.mean)  # what seeds alone say
+
+    (tmp_path / "b" / "rigl_s2" / "test_items.npz").write_bytes(b"not numpy")  # unreadable: seeds only again
+    (cmp,) = paired_comparisons(group_runs(runs_below(tmp_path)))
+    assert cmp.summary.items is None and cmp.verdict != "not distinguishable"
+
+
+def test_items_of_different_test_sets_are_not_paired(tmp_path):
+    rng = np.random.default_rng(1)
+    items_sweep(tmp_path / "a", "set", [rng.random(50) < 0.9 for _ in range(3)], np.arange(50) % 10)
+    items_sweep(tmp_path / "b", "rigl", [rng.random(50) < 0.8 for _ in range(3)], np.arange(50) % 5)
+    (cmp,) = paired_comparisons(group_runs(runs_below(tmp_path)))
+    assert cmp.summary.items is None
+
+
+def test_the_item_term_widens_the_seed_interval_and_vanishes_without_item_noise():
+    diffs = [0.02, 0.03, 0.025]
+    seeds = summarize(diffs)
+    assert summarize_paired(diffs, np.zeros(1000) + 0.025).ci == pytest.approx(seeds.ci)  # no item spread
+    noisy = np.r_[np.ones(100), -np.ones(75), np.zeros(825)]  # mean 0.025, spread over items
+    both = summarize_paired(diffs, noisy)
+    half, half_seeds = both.ci[1] - both.mean, seeds.ci[1] - seeds.mean
+    item_se = noisy.std(ddof=1) / math.sqrt(len(noisy))
+    assert half > half_seeds and half > 1.96 * item_se and both.items == 1000
+    assert half == pytest.approx(
+        math.sqrt(half_seeds**2 + (1.96 * item_se) ** 2), rel=0.25
+    )  # roughly the two errors added in quadrature (each with its own t quantile)
 
 
 def test_no_pair_at_different_sparsity_or_seeds(tmp_path):

@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from sparse_lab import test_items
 from sparse_lab.report.runs import Run, group_runs
 from sparse_lab.repro import main as repro_main
 from sparse_lab.repro.checks import (
@@ -186,7 +188,7 @@ def test_results_page_shows_every_claim_and_the_numbers_of_a_record(tmp_path):
     assert text.count("Not run yet") == len(CLAIMS) - 1
     assert "**Verdict: not held**" in text and "experiment=repro_nm hydra/launcher=joblib" in text
     assert "| 2:4 SR-STE | 3 | 81.00 ± 1.00 | 80.00 / 81.00 / 82.00 | 0.5 |" in text
-    assert "| -1.00 / -1.20 / -1.10 | -1.10 ± 0.10 | [-1.35, -0.85] | not held |" in text
+    assert "| -1.00 / -1.20 / -1.10 | -1.10 ± 0.10 | [-1.35, -0.85] | 3 seeds | not held |" in text
     assert "Variants without a completed run: 2:4 STE" in text and "boom" in text
     assert "7.0 min" in text
 
@@ -263,6 +265,29 @@ def test_a_failed_premise_makes_the_claim_confounded_whatever_its_checks_say():
     assert judge_claim(groups, variants, [claim_check, premise]).verdict == CONFOUNDED
     fine = group_runs(runs({"arm": "a"}, [0.85, 0.86, 0.87]) + runs({"arm": "b"}, [0.845, 0.853, 0.864]))
     assert judge_claim(fine, variants, [claim_check, premise]).verdict == HELD
+
+
+def test_a_check_on_accuracy_counts_the_test_items_when_the_runs_recorded_them(tmp_path):
+    # Every seed: a gets 2 more of 400 test items right than b (0.5 points, std 0 over seeds). Seeds alone
+    # call it held; with the items, 2 images in 400 are within the test set's sampling error.
+    labels = np.arange(400) % 10
+    made = []
+    for arm, extra in (("a", 2), ("b", 0)):
+        for run in runs({"arm": arm}, [0.0] * 3):
+            right = np.zeros(400, dtype=np.uint8)
+            right[: 300 + extra] = 1
+            run.path = tmp_path / arm / str(run.seed)
+            run.path.mkdir(parents=True)
+            run.metrics["test/acc"] = right.mean()
+            run.test_items = test_items.save(run.path, "test/acc", right, labels)
+            made.append(run)
+    variants = [Variant("a", {"sparsity.arm": "a"}), Variant("b", {"sparsity.arm": "b"})]
+    (outcome,) = judge_claim(group_runs(made), variants, [Check("better", "a", "b")]).outcomes
+    assert outcome.summary.items == 400 and outcome.verdict == UNCLEAR
+    for run in made:
+        run.test_items = None
+    (outcome,) = judge_claim(group_runs(made), variants, [Check("better", "a", "b")]).outcomes
+    assert outcome.summary.items is None and outcome.verdict == HELD
 
 
 def test_an_aside_is_judged_and_shown_but_not_counted_in_the_verdict():

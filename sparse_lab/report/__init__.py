@@ -24,7 +24,7 @@ from sparse_lab.report.runs import (
     load_run,
     paired_comparisons,
 )
-from sparse_lab.report.stats import summarize, t_cdf_abs, t_quantile
+from sparse_lab.report.stats import summarize, summarize_paired, t_cdf_abs, t_quantile
 
 __all__ = [
     "DensityMatrix",
@@ -40,6 +40,7 @@ __all__ = [
     "pareto_front",
     "print_report",
     "summarize",
+    "summarize_paired",
     "t_cdf_abs",
     "t_quantile",
 ]

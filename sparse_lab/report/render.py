@@ -179,7 +179,8 @@ def markdown(
     if comparisons:
         out.append(
             "Per-seed differences A − B of the primary metric; a winner only where the 95% paired t interval "
-            "excludes 0.\n\n"
+            "excludes 0. Where both groups recorded their test items, the interval also counts the test set's "
+            "sampling error (seeds share the test set, so their spread cannot show it).\n\n"
         )
         rows = [
             [
@@ -189,11 +190,13 @@ def markdown(
                 ", ".join(f"{s}: {_num(d)}" for s, d in zip(c.seeds, c.diffs)),
                 _num(c.summary.mean),
                 _ci(c.summary),
+                c.summary.over(),
                 c.verdict,
             ]
             for c in comparisons
         ]
-        out.append(_md_table(["A", "B", "metric", "A − B by seed", "mean", "95% CI", "verdict"], rows))
+        header = ["A", "B", "metric", "A − B by seed", "mean", "95% CI", "interval over", "verdict"]
+        out.append(_md_table(header, rows))
     else:
         out.append("No pairs (same data, model, hardware and seeds; another sparsity method at the same sparsity).\n")
     if plots:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
+
+from sparse_lab import test_items
 from sparse_lab.registry import component_name
-from sparse_lab.report.stats import Summary, summarize
+from sparse_lab.report.stats import Summary, summarize, summarize_paired
 from sparse_lab.results import flatten_config, process_alive
 
 # primary metric -> higher is better
@@ -28,6 +31,26 @@ CSV_METRICS = (
 SPARSITY_TOLERANCE = 0.01
 
 
+class Items(NamedTuple):
+    """A run's test, item by item: which items (``fingerprint``) and the metric's value on each."""
+
+    fingerprint: str
+    values: np.ndarray
+
+    def __sub__(self, other: Items) -> Items | None:
+        """Item by item, when both hold the same items."""
+        same = self.fingerprint == other.fingerprint and len(self.values) == len(other.values)
+        return Items(self.fingerprint, self.values - other.values) if same else None
+
+
+def item_differences(a: dict[Any, Items | None], b: dict[Any, Items | None], seeds: list) -> np.ndarray | None:
+    """Per test item, A − B averaged over ``seeds``; None unless both have every seed's items, all the same."""
+    diffs = [a[s] - b[s] if a.get(s) is not None and b.get(s) is not None else None for s in seeds]
+    if not diffs or any(d is None for d in diffs) or len({(d.fingerprint, len(d.values)) for d in diffs}) != 1:
+        return None
+    return np.mean([d.values for d in diffs], axis=0)
+
+
 @dataclass
 class Run:
     path: Path
@@ -39,6 +62,7 @@ class Run:
     layers: list[dict] = field(default_factory=list)  # results.json "layers": the final per-layer densities
     wandb: dict | None = None  # results.json "wandb": where the run logged (project, group, id, ...)
     command: str | None = None  # results.json "command": the command line that started it (a sweep's, for a job)
+    test_items: dict | None = None  # results.json "test_items": the per-item file's record (sparse_lab.test_items)
 
     @property
     def seed(self) -> Any:
@@ -60,6 +84,11 @@ class Run:
     @property
     def completed(self) -> bool:
         return self.status == "completed"
+
+    def items(self, metric: str) -> Items | None:
+        """This run's per-item test values of ``metric`` (None where it recorded none)."""
+        values = test_items.load(self.path, self.test_items, metric)
+        return None if values is None else Items(self.test_items["fingerprint"], values)
 
 
 @dataclass
@@ -89,6 +118,9 @@ class Group:
 
     def summary(self) -> Summary:
         return summarize(self.values())
+
+    def items_by_seed(self, metric: str) -> dict[Any, Items]:
+        return {r.seed: items for r in self.runs if (items := r.items(metric)) is not None}
 
     def mean_metric(self, metric: str) -> float | None:
         values = [float(r.metrics[metric]) for r in self.runs if r.metrics.get(metric) is not None]
@@ -122,6 +154,7 @@ def load_run(path: Path) -> Run:
         layers=[row for row in data.get("layers") or [] if isinstance(row, dict) and row.get("name") is not None],
         wandb=data.get("wandb") if isinstance(data.get("wandb"), dict) else None,
         command=data.get("command") if isinstance(data.get("command"), str) else None,
+        test_items=data.get("test_items") if isinstance(data.get("test_items"), dict) else None,
     )
 
 
@@ -198,7 +231,8 @@ def paired_comparisons(groups: list[Group]) -> list[Comparison]:
             s1, s2 = first.by_seed(), second.by_seed()
             seeds = sorted(s1, key=str)
             diffs = [s1[s] - s2[s] for s in seeds]
-            summary = summarize(diffs)
+            items = item_differences(first.items_by_seed(first.primary), second.items_by_seed(first.primary), seeds)
+            summary = summarize_paired(diffs, items)
             out.append(Comparison(first, second, seeds, diffs, summary, _verdict(summary, first.higher_is_better)))
     return out
 

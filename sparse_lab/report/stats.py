@@ -1,4 +1,5 @@
-"""Seed statistics: Student t quantiles, mean ± std with a confidence interval (no scipy needed)."""
+"""Seed statistics: Student t quantiles, mean ± std with a confidence interval (no scipy needed), and
+paired intervals that also count the test set's sampling error."""
 
 from __future__ import annotations
 
@@ -54,6 +55,15 @@ class Summary:
     mean: float | None
     std: float | None
     ci: tuple[float, float] | None
+    items: int | None = None  # test items whose sampling error the interval also counts (None: seeds only)
+
+    def over(self) -> str:
+        return interval_over(self.n, self.items)
+
+
+def interval_over(seeds: int, items: int | None) -> str:
+    """What an interval is taken over, in words."""
+    return f"{seeds} seeds" + (f" + {items} test items" if items else "")
 
 
 def summarize(values: list[float], confidence: float = 0.95) -> Summary:
@@ -67,3 +77,25 @@ def summarize(values: list[float], confidence: float = 0.95) -> Summary:
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     half = t_quantile(0.5 + confidence / 2.0, n - 1) * std / math.sqrt(n)
     return Summary(n, mean, std, (mean - half, mean + half))
+
+
+MAX_DF = 1000  # beyond it t is within 0.1% of the normal; t_cdf_abs's cost grows with df
+
+
+def summarize_paired(diffs: list[float], item_diffs=None, confidence: float = 0.95) -> Summary:
+    """Seed-paired differences A − B. With ``item_diffs`` (per test item, A − B averaged over the seeds) the
+    interval also counts the test set's sampling error, which seeds share and so cannot show: the variance
+    of the mean difference is s²/n (seeds) + var(D)/N (items), its degrees of freedom Welch-Satterthwaite's
+    (rounded down: the wider interval)."""
+    seeds = summarize(diffs, confidence)
+    if item_diffs is None or seeds.ci is None or len(item_diffs) < 2:
+        return seeds
+    n, big_n = seeds.n, len(item_diffs)
+    item_mean = sum(item_diffs) / big_n
+    a = seeds.std**2 / n
+    b = sum((d - item_mean) ** 2 for d in item_diffs) / (big_n - 1) / big_n
+    if a + b == 0:
+        return Summary(n, seeds.mean, seeds.std, (seeds.mean, seeds.mean), big_n)
+    df = (a + b) ** 2 / (a * a / (n - 1) + b * b / (big_n - 1))
+    half = t_quantile(0.5 + confidence / 2.0, max(1, min(MAX_DF, math.floor(df)))) * math.sqrt(a + b)
+    return Summary(n, seeds.mean, seeds.std, (seeds.mean - half, seeds.mean + half), big_n)

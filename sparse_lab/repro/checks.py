@@ -3,7 +3,9 @@
 A claim names its variants (groups of runs that differ only in seed) by config values, and states
 checks between them. Every check pairs two per-seed quantities by seed and judges the Student-t 95%
 confidence interval of their difference (or ratio): a claim is only *held* where the interval excludes
-the other outcome, *not held* where it excludes the claimed one, and *not distinguishable* otherwise.
+the other outcome, *not held* where it excludes the claimed one, and *not distinguishable* otherwise. Where
+the runs recorded their test items (``sparse_lab.test_items``), a difference's interval also counts the
+test set's sampling error.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sparse_lab.report.runs import Group
-from sparse_lab.report.stats import Summary, summarize
+from sparse_lab.report.runs import Group, Items, item_differences
+from sparse_lab.report.stats import Summary, summarize, summarize_paired
 from sparse_lab.results import flatten_config
 
 HELD, NOT_HELD, UNCLEAR = "held", "not held", "not distinguishable"
@@ -162,14 +164,26 @@ def per_seed(term: Term, groups: dict[str, Group], metric: Metric) -> dict[Any, 
     return values
 
 
+def per_seed_items(term: Term, groups: dict[str, Group], metric: Metric) -> dict[Any, Items | None]:
+    """A term's per-item test values by seed (a gap's: item by item), where its runs recorded them."""
+    if metric.complement:  # items hold the metric itself
+        return {}
+    if isinstance(term, Gap):
+        a, b = per_seed_items(term.a, groups, metric), per_seed_items(term.b, groups, metric)
+        return {s: a[s] - b[s] for s in a if s in b}
+    return groups[term].items_by_seed(metric.key)
+
+
 def evaluate(check: Check, groups: dict[str, Group]) -> Outcome:
     a, b = per_seed(check.a, groups, check.metric), per_seed(check.b, groups, check.metric)
     seeds = sorted(set(a) & set(b), key=str)
     if check.kind == "ratio":
         values = [b[s] / a[s] if a[s] else float("inf") for s in seeds]
+        summary = summarize(values)
     else:
         values = [a[s] - b[s] for s in seeds]
-    summary = summarize(values)
+        items_a, items_b = (per_seed_items(t, groups, check.metric) for t in (check.a, check.b))
+        summary = summarize_paired(values, item_differences(items_a, items_b, seeds))
     return Outcome(check, seeds, values, summary, judge(check, summary))
 
 

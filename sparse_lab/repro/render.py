@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+from sparse_lab.report.stats import interval_over
 from sparse_lab.repro.claims import CLAIMS, Claim
 from sparse_lab.repro.facts import FACTS
 
@@ -73,14 +74,19 @@ def claim_section(claim: Claim, rec: dict | None, records: Path, link: Path | No
         row = [v["label"], str(v["summary"]["n"]), fmt_summary(v["summary"], scale, digits), seeds]
         row += [_column(v["columns"].get(m.key), m) for m in claim.columns]
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "| check (claimed) | per seed | mean ± std | 95% CI | verdict |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| check (claimed) | per seed | mean ± std | 95% CI | interval over | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
     for c in rec["checks"]:
         s = 1.0 if c["kind"] == "ratio" else c["scale"]
         d = _digits(s) if c["kind"] != "ratio" else 2
         per_seed = " / ".join(fmt(x, s, d) for x in c["values"])
+        over = interval_over(c["summary"]["n"], c["summary"].get("items"))
         lines.append(
             f"| {c['label']} ({c['says']}) | {per_seed} | {fmt_summary(c['summary'], s, d)} "
-            f"| {fmt_ci(c['summary'], s, d)} | {c['verdict']} |"
+            f"| {fmt_ci(c['summary'], s, d)} | {over} | {c['verdict']} |"
         )
     if rec["missing"]:
         lines += ["", f"Variants without a completed run: {', '.join(rec['missing'])}."]

@@ -67,7 +67,7 @@ def record(claim: Claim, result: ClaimResult, failed: list, commands: list[str],
     import torch
 
     def summary(s) -> dict:
-        return {"n": s.n, "mean": s.mean, "std": s.std, "ci": list(s.ci) if s.ci else None}
+        return {"n": s.n, "mean": s.mean, "std": s.std, "ci": list(s.ci) if s.ci else None, "items": s.items}
 
     variants = []
     for variant in claim.variants:

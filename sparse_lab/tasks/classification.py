@@ -60,6 +60,8 @@ class ClassificationTask(pl.LightningModule):
         loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing if split == "train" else 0.0)
         acc = self.metrics[f"{split}_acc"]
         acc(logits, y)
+        if split == "test":  # item by item, for comparisons that count the test set's sampling error
+            self._test_items.append((logits.argmax(1) == y, y))
         train = split == "train"
         # Epoch means of val/test loss averaged over ranks under DDP (a no-op on one process).
         self.log(
@@ -85,8 +87,18 @@ class ClassificationTask(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val")
 
+    def on_test_epoch_start(self) -> None:
+        self._test_items: list[tuple[torch.Tensor, torch.Tensor]] = []
+
     def test_step(self, batch, batch_idx):
         self._step(batch, "test")
+
+    def test_items(self) -> dict | None:
+        """The last test's items in loader order (``protocols.TestItems``): right or wrong, and the label."""
+        if not getattr(self, "_test_items", None):
+            return None
+        correct, labels = (torch.cat(parts).cpu().numpy() for parts in zip(*self._test_items))
+        return {"metric": "test/acc", "values": correct.astype("uint8"), "key": labels}
 
     def configure_optimizers(self):
         cfg = dict(self.optimizer_cfg)
