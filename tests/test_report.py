@@ -265,6 +265,11 @@ def test_no_pair_at_different_sparsity_or_seeds(tmp_path):
 
 def test_files_written(tmp_path):
     sweep(tmp_path / "sweep", "set", [0.80, 0.82, 0.84])
+    for seed, val in enumerate((0.5, 0.6, 0.7)):  # the last validation epoch, where runs recorded it
+        path = tmp_path / "sweep" / f"set_0.9_s{seed}" / "results.json"
+        results = json.loads(path.read_text())
+        results["metrics"]["val/acc"] = val
+        path.write_text(json.dumps(results))
     sweep(tmp_path / "sweep", "rigl", [0.70, 0.71, 0.73])
     out = tmp_path / "out"
     report = build_report([tmp_path / "sweep"], out=out)
@@ -275,6 +280,7 @@ def test_files_written(tmp_path):
     md = (out / "report.md").read_text()
     assert "digits/vit/set/cpu" in md and "Paired comparisons" in md
     assert "B better |" in md  # A = rigl (sorted first), B = set: set wins
+    assert "| 0.6 |" in md and {r["val/acc"] for r in rows} == {"0.5", "0.6", "0.7", ""}
     for name in ("pareto_acc.png", "sparsity_acc.png"):
         assert (out / name).stat().st_size > 0
         assert out / name in report.files

@@ -19,6 +19,8 @@ PRIMARY_METRICS: dict[str, bool] = {"test/acc": True, "test/epe3d": False}
 # config keys that say nothing about what was run (removed before grouping)
 RUN_SPECIFIC_KEYS = ("seed", "paths", "hydra")
 CSV_METRICS = (
+    "val/acc",
+    "val/epe3d",
     "sparsity/global",
     "macs/dense",
     "macs/target",
