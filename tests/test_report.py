@@ -23,6 +23,7 @@ from sparse_lab.report import (
     t_cdf_abs,
     t_quantile,
 )
+from sparse_lab.report import main as report_main
 from sparse_lab.report.wandb_log import target as wandb_target
 from tests.conftest import run_cli
 
@@ -285,6 +286,13 @@ def test_files_written(tmp_path):
         assert (out / name).stat().st_size > 0
         assert out / name in report.files
     assert not (tmp_path / "sweep" / "report.csv").exists()
+
+
+def test_no_plots_writes_the_tables_only(tmp_path, capsys):
+    sweep(tmp_path / "sweep", "set", [0.80, 0.82, 0.84])
+    assert report_main([str(tmp_path / "sweep"), "--out", str(tmp_path / "out"), "--no-plots"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["report.csv", "report.md"]
+    assert "0.82 ± 0.02" in capsys.readouterr().out
 
 
 @pytest.mark.e2e

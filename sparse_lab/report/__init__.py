@@ -84,7 +84,7 @@ def build_report(dirs: list[Path], out: Path | None = None, plots: bool = True) 
     return Report(runs, groups, comparisons, files, list(dirs), out, pngs, heatmaps)
 
 
-USAGE = "usage: sparse-lab report DIR... [--out DIR] [--wandb [--wandb-project NAME]]"
+USAGE = "usage: sparse-lab report DIR... [--out DIR] [--no-plots] [--wandb [--wandb-project NAME]]"
 
 HELP = f"""\
 {USAGE}
@@ -92,7 +92,8 @@ HELP = f"""\
 Collect the results.json files below the folders (a sweep, several sweeps, single runs) into one report.
 Runs that differ only in seed form a group: mean ± std and a 95% Student-t interval of the primary
 metric (test/acc, or test/epe3d for scene flow), sparsity, MACs, parameters, energy, latency; failed
-runs are listed; methods are compared seed by seed (paired t).
+runs are listed; methods are compared seed by seed (paired t; where the runs recorded their test items,
+the interval also counts the test set's sampling error).
 
 Written to the first folder (or --out): report.csv (one row per run), report.md (groups, failed runs,
 paired comparisons, plots), pareto_<metric>.png and sparsity_<metric>.png, and density_<model>.png: a
@@ -100,6 +101,7 @@ heatmap per model of the final per-layer density (rows: layers, columns: groups;
 
 options:
   --out DIR             where the files go (default: the first folder)
+  --no-plots            report.csv and report.md only (e.g. a learning-rate search: nothing to plot)
   --wandb               also log the report as one W&B run (job type "report"): the group, run and
                         comparison tables as wandb.Table, the plots as wandb.Image; in the runs' W&B
                         project and group (else project sparse-lab, group = the sweep folder's name);
@@ -114,7 +116,7 @@ def main(args: list[str]) -> int:
 
     out: Path | None = None
     dirs: list[Path] = []
-    wandb, project = False, None
+    wandb, project, plots = False, None, True
     it = iter(args)
     for a in it:
         if a in ("-h", "--help"):
@@ -135,6 +137,8 @@ def main(args: list[str]) -> int:
             project = a.split("=", 1)[1]
         elif a == "--wandb":
             wandb = True
+        elif a == "--no-plots":
+            plots = False
         elif a.startswith("-"):
             print(f"error: unknown option {a!r}; {USAGE}", file=sys.stderr)
             return 2
@@ -150,7 +154,7 @@ def main(args: list[str]) -> int:
     if missing:
         print(f"error: no such folder: {', '.join(missing)}", file=sys.stderr)
         return 2
-    report = build_report(dirs, out)
+    report = build_report(dirs, out, plots=plots)
     if report is None:
         print(f"error: no results.json found below {', '.join(str(d) for d in dirs)}", file=sys.stderr)
         return 2

@@ -215,18 +215,45 @@ def markdown(
     return "".join(out)
 
 
+TERMINAL_HEADERS = {  # GROUP_COLUMNS shown in the terminal, with shorter headers
+    "group": "group",
+    "n": "n",
+    "metric": "metric",
+    "mean ± std": "mean ± std",
+    "95% CI": "95% CI",
+    "validation (last epoch)": "val",
+    "sparsity": "sparsity",
+    "MACs dense / target": "MACs",
+    "energy (uJ)": "µJ",
+    "latency (ms)": "ms",
+    "speed-up realised": "speed-up",
+}
+
+
 def print_report(report: Report) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
     rows = group_rows(report.groups, compact=True)
-    # columns with nothing in them (no latency measured, ...) are left out of the terminal table
-    keep = [i for i, col in enumerate(GROUP_COLUMNS) if i < 5 or any(row[i] != "-" for row in rows)]
-    table = Table(title=f"{len(report.groups)} group(s), {len(report.runs)} run(s); 95% CI: Student t over seeds")
+    # columns with nothing in them (no latency measured, ...) are left out of the terminal table, and so are
+    # the parameter counts (report.md has them); one metric for every group is named in the title
+    metrics = {row[GROUP_COLUMNS.index("metric")] for row in rows}
+    keep = [
+        i
+        for i, col in enumerate(GROUP_COLUMNS)
+        if col in TERMINAL_HEADERS
+        and (col != "metric" or len(metrics) > 1)
+        and (i < 5 or any(row[i] != "-" for row in rows))
+    ]
+    title = f"{len(report.groups)} group(s), {len(report.runs)} run(s); 95% CI: Student t over seeds"
+    table = Table(title=title + (f"; {next(iter(metrics))}" if len(metrics) == 1 else ""))
     for i in keep:
         col = GROUP_COLUMNS[i]
-        table.add_column(col, justify="left" if col in ("group", "metric") else "right", no_wrap=col == "group")
+        # a long group label folds; numbers never do (rich would otherwise squeeze them to nothing)
+        justify = "left" if col in ("group", "metric") else "right"
+        wrap = {"overflow": "fold", "min_width": 20} if col == "group" else {"no_wrap": True}
+        table.add_column(TERMINAL_HEADERS[col], justify=justify, **wrap)
     for row in rows:
         table.add_row(*(row[i] for i in keep))
     console.print(table)
@@ -235,7 +262,8 @@ def print_report(report: Report) -> None:
         console.print(f"[red]{r.status}[/red] {r.path}: {r.error or 'no error recorded'}", soft_wrap=True)
     for c in report.comparisons:
         console.print(
-            f"A = {c.a.label}  vs  B = {c.b.label}: A − B = {_num(c.summary.mean)} {_ci(c.summary)} -> {c.verdict}",
+            f"A = {c.a.label}  vs  B = {c.b.label}: A − B = {_num(c.summary.mean)} {_ci(c.summary)} "
+            f"({c.summary.over()}) -> {c.verdict}",
             soft_wrap=True,
         )
     console.print("written: " + ", ".join(str(f) for f in report.files), soft_wrap=True)
