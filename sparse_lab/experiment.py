@@ -27,7 +27,7 @@ from sparse_lab.loggers import build_loggers, finish, log_final, wandb_info
 from sparse_lab.measure import ActivationSparsity, SpikeStats, count_macs
 from sparse_lab.model_summary import ModelSummaryWithoutFlops
 from sparse_lab.models import model_from_config
-from sparse_lab.protocols import DataInfo, ExampleInput, TestItems
+from sparse_lab.protocols import DataInfo, ExampleInput, TestItemGroups, TestItems
 from sparse_lab.results import RunResults
 from sparse_lab.sparsity import METHODS
 from sparse_lab.summary import print_summary
@@ -134,13 +134,17 @@ def last_validation(metrics) -> dict[str, float]:
     return {key: float(value) for key, value in metrics.items() if key.startswith("val/")}
 
 
-def save_test_items(task, world_size: int, run_dir: Path) -> dict | None:
-    """The last test item by item (test_items.npz), when the task records it; a multi-process test sees
-    each rank's share only (padded by the sampler), so it is recorded by one-process runs."""
+def save_test_items(task, datamodule, world_size: int, run_dir: Path) -> dict | None:
+    """The last test item by item (test_items.npz), when the task records it, with the groups of items the
+    data says fail together; a multi-process test sees each rank's share only (padded by the sampler), so
+    it is recorded by one-process runs."""
     items = task.test_items() if isinstance(task, TestItems) else None
     if items is None or world_size > 1:
         return None
-    return test_items.save(run_dir, items["metric"], items["values"], items["key"])
+    groups = datamodule.test_item_groups() if isinstance(datamodule, TestItemGroups) else None
+    if groups is not None:  # a limited test (limit_test_batches) saw the first items of the unshuffled loader
+        groups = groups[: len(items["values"])]
+    return test_items.save(run_dir, items["metric"], items["values"], items["key"], groups)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
@@ -235,7 +239,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         hw_metrics, macs_table, deployed_metrics, deployed = profile_and_deploy(
             cfg, task.model, dense_reference, datamodule, target, run_dir
         )
-        items = save_test_items(task, trainer.world_size, run_dir)
+        items = save_test_items(task, datamodule, trainer.world_size, run_dir)
         metrics = {**val, **test, **method.summary(), **activations.summary(), **hw_metrics, **deployed_metrics}
         log_final(loggers, metrics, step=global_step, layers=method.layer_table())
         results.update(

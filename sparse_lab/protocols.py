@@ -123,6 +123,15 @@ class TestItems(Protocol):
 
 
 @runtime_checkable
+class TestItemGroups(Protocol):
+    """A datamodule whose test items come in groups that fail together (e.g. several renderings of one
+    source digit): per test item in loader order, its group's id. The test set's sampling error is counted
+    in groups (``report.stats``); undeclared: every item is its own."""
+
+    def test_item_groups(self) -> Any | None: ...
+
+
+@runtime_checkable
 class ExampleInput(Protocol):
     """One input of batch size 1 on the CPU, for counting MACs, measuring latency and tracing the model
     (the generic channel-group path). Every datamodule provides it."""

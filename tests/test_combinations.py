@@ -90,5 +90,5 @@ def test_every_model_trains_with_every_method(model, method, make_cfg, tmp_path)
         assert value == pytest.approx(logged[-1])
     assert {f"density/{row['name']}" for row in results["layers"]} <= set(columns)
     if primary == "test/acc":  # the test item by item, for intervals that count the test set's sampling error
-        items = test_items.load(tmp_path, results["test_items"], "test/acc")
-        assert items is not None and items.mean() == pytest.approx(m["test/acc"], abs=1e-6)
+        values, groups = test_items.load(tmp_path, results["test_items"], "test/acc")
+        assert values.mean() == pytest.approx(m["test/acc"], abs=1e-6) and len(groups) == len(values)

@@ -264,6 +264,11 @@ class WarpedDigitsDataModule(ImageDataModule):
             self.sources[split] = index
         self.train_set, self.val_set, self.test_set = sets
 
+    def test_item_groups(self):
+        """The source digit each test image was rendered from (``protocols.TestItemGroups``): its 9-10
+        renderings tend to fail together, so the test set holds fewer independent items than images."""
+        return self.sources["test"].numpy() if "test" in self.sources else None
+
     def train_sampler(self, dataset: Dataset) -> Sampler | None:
         # An epoch is a draw of epoch_size images from the training split (without replacement).
         if self.epoch_size is not None and self.epoch_size < len(dataset):

@@ -34,23 +34,25 @@ SPARSITY_TOLERANCE = 0.01
 
 
 class Items(NamedTuple):
-    """A run's test, item by item: which items (``fingerprint``) and the metric's value on each."""
+    """A run's test, item by item: which items (``fingerprint``), the metric's value on each, and which
+    fail together (``groups``)."""
 
     fingerprint: str
     values: np.ndarray
+    groups: np.ndarray
 
     def __sub__(self, other: Items) -> Items | None:
         """Item by item, when both hold the same items."""
         same = self.fingerprint == other.fingerprint and len(self.values) == len(other.values)
-        return Items(self.fingerprint, self.values - other.values) if same else None
+        return Items(self.fingerprint, self.values - other.values, self.groups) if same else None
 
 
-def item_differences(a: dict[Any, Items | None], b: dict[Any, Items | None], seeds: list) -> np.ndarray | None:
+def item_differences(a: dict[Any, Items | None], b: dict[Any, Items | None], seeds: list) -> Items | None:
     """Per test item, A − B averaged over ``seeds``; None unless both have every seed's items, all the same."""
     diffs = [a[s] - b[s] if a.get(s) is not None and b.get(s) is not None else None for s in seeds]
-    if not diffs or any(d is None for d in diffs) or len({(d.fingerprint, len(d.values)) for d in diffs}) != 1:
+    if not diffs or any(d is None for d in diffs) or len({d.fingerprint for d in diffs}) != 1:
         return None
-    return np.mean([d.values for d in diffs], axis=0)
+    return Items(diffs[0].fingerprint, np.mean([d.values for d in diffs], axis=0), diffs[0].groups)
 
 
 @dataclass
@@ -89,8 +91,8 @@ class Run:
 
     def items(self, metric: str) -> Items | None:
         """This run's per-item test values of ``metric`` (None where it recorded none)."""
-        values = test_items.load(self.path, self.test_items, metric)
-        return None if values is None else Items(self.test_items["fingerprint"], values)
+        loaded = test_items.load(self.path, self.test_items, metric)
+        return None if loaded is None else Items(self.test_items["fingerprint"], *loaded)
 
 
 @dataclass
@@ -234,7 +236,7 @@ def paired_comparisons(groups: list[Group]) -> list[Comparison]:
             seeds = sorted(s1, key=str)
             diffs = [s1[s] - s2[s] for s in seeds]
             items = item_differences(first.items_by_seed(first.primary), second.items_by_seed(first.primary), seeds)
-            summary = summarize_paired(diffs, items)
+            summary = summarize_paired(diffs, *((items.values, items.groups) if items else ()))
             out.append(Comparison(first, second, seeds, diffs, summary, _verdict(summary, first.higher_is_better)))
     return out
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 
 def t_cdf_abs(t: float, df: int) -> float:
     """P(|T| < t) for Student's t with integer ``df`` (exact: Abramowitz & Stegun 26.7.3-4)."""
@@ -82,20 +84,26 @@ def summarize(values: list[float], confidence: float = 0.95) -> Summary:
 MAX_DF = 1000  # beyond it t is within 0.1% of the normal; t_cdf_abs's cost grows with df
 
 
-def summarize_paired(diffs: list[float], item_diffs=None, confidence: float = 0.95) -> Summary:
+def summarize_paired(diffs: list[float], item_diffs=None, groups=None, confidence: float = 0.95) -> Summary:
     """Seed-paired differences A − B. With ``item_diffs`` (per test item, A − B averaged over the seeds) the
     interval also counts the test set's sampling error, which seeds share and so cannot show: the variance
-    of the mean difference is s²/n (seeds) + var(D)/N (items), its degrees of freedom Welch-Satterthwaite's
-    (rounded down: the wider interval)."""
+    of the mean difference is s²/n (seeds) plus the items' (cluster-robust over ``groups``, items that fail
+    together, e.g. renderings of one source; None: every item its own), the degrees of freedom
+    Welch-Satterthwaite's (rounded down: the wider interval)."""
     seeds = summarize(diffs, confidence)
     if item_diffs is None or seeds.ci is None or len(item_diffs) < 2:
         return seeds
-    n, big_n = seeds.n, len(item_diffs)
-    item_mean = sum(item_diffs) / big_n
-    a = seeds.std**2 / n
-    b = sum((d - item_mean) ** 2 for d in item_diffs) / (big_n - 1) / big_n
+    item_diffs = np.asarray(item_diffs, dtype=np.float64)
+    big_n = len(item_diffs)
+    _, cluster = np.unique(np.arange(big_n) if groups is None else np.asarray(groups), return_inverse=True)
+    clusters = int(cluster.max()) + 1
+    if clusters < 2:
+        return seeds
+    sums = np.bincount(cluster, weights=item_diffs - item_diffs.mean())
+    a = seeds.std**2 / seeds.n
+    b = float(clusters / (clusters - 1) * (sums**2).sum() / big_n**2)
     if a + b == 0:
-        return Summary(n, seeds.mean, seeds.std, (seeds.mean, seeds.mean), big_n)
-    df = (a + b) ** 2 / (a * a / (n - 1) + b * b / (big_n - 1))
+        return Summary(seeds.n, seeds.mean, seeds.std, (seeds.mean, seeds.mean), big_n)
+    df = (a + b) ** 2 / (a * a / (seeds.n - 1) + b * b / (clusters - 1))
     half = t_quantile(0.5 + confidence / 2.0, max(1, min(MAX_DF, math.floor(df)))) * math.sqrt(a + b)
-    return Summary(n, seeds.mean, seeds.std, (seeds.mean - half, seeds.mean + half), big_n)
+    return Summary(seeds.n, seeds.mean, seeds.std, (seeds.mean - half, seeds.mean + half), big_n)

@@ -183,7 +183,8 @@ def evaluate(check: Check, groups: dict[str, Group]) -> Outcome:
     else:
         values = [a[s] - b[s] for s in seeds]
         items_a, items_b = (per_seed_items(t, groups, check.metric) for t in (check.a, check.b))
-        summary = summarize_paired(values, item_differences(items_a, items_b, seeds))
+        items = item_differences(items_a, items_b, seeds)
+        summary = summarize_paired(values, *((items.values, items.groups) if items else ()))
     return Outcome(check, seeds, values, summary, judge(check, summary))
 
 

@@ -124,7 +124,8 @@ def test_trains_in_a_tiny_run(make_cfg, tmp_path):
         "data=warped_digits",
         "data.train_size=128",
         "data.val_size=32",
-        "data.test_size=64",
+        "data.test_size=1400",  # more images than the test forms hold digits: sources rendered twice
+        "trainer.limit_test_batches=1.0",
         "data.batch_size=16",
         "model.preset=tiny",
         "sparsity=dense",
@@ -132,3 +133,9 @@ def test_trains_in_a_tiny_run(make_cfg, tmp_path):
     results = run(cfg, tmp_path)
     assert results["status"] == "completed"
     assert 0.0 <= results["metrics"]["test/acc"] <= 1.0
+    # The test items are grouped by the source digit they were rendered from (renderings fail together).
+    record = results["test_items"]
+    with np.load(tmp_path / record["file"]) as items:
+        assert record["n"] == 1400 and len(items["groups"]) == 1400
+        assert record["groups"] == len(np.unique(items["groups"])) < 1400
+        assert int(items["values"].sum()) == round(results["metrics"]["test/acc"] * 1400)
