@@ -253,6 +253,10 @@ def test_the_item_term_widens_the_seed_interval_and_vanishes_without_item_noise(
     assert half == pytest.approx(
         math.sqrt(half_seeds**2 + (1.96 * item_se) ** 2), rel=0.25
     )  # roughly the two errors added in quadrature (each with its own t quantile)
+    # A small, well-estimated item term raises the degrees of freedom (t 4.30 -> ~2.1) more than the variance:
+    # the combined interval would be narrower than the seeds' own, and the seeds' is kept.
+    few = np.r_[np.ones(20), np.zeros(980)]
+    assert summarize_paired(diffs, few).ci == pytest.approx(seeds.ci)
     # Items that fail together (10 renderings of each source) are fewer independent items: a wider interval.
     clustered = summarize_paired(diffs, np.repeat(noisy[::10], 10), groups=np.arange(1000) // 10)
     independent = summarize_paired(diffs, np.repeat(noisy[::10], 10))

@@ -89,7 +89,10 @@ def summarize_paired(diffs: list[float], item_diffs=None, groups=None, confidenc
     interval also counts the test set's sampling error, which seeds share and so cannot show: the variance
     of the mean difference is s²/n (seeds) plus the items' (cluster-robust over ``groups``, items that fail
     together, e.g. renderings of one source; None: every item its own), the degrees of freedom
-    Welch-Satterthwaite's (rounded down: the wider interval)."""
+    Welch-Satterthwaite's (rounded down). Those degrees of freedom grow with the well-estimated item term,
+    which can make the combined interval narrower than the seeds' own (t with n - 1 = 2 degrees of freedom
+    is 4.30): the wider of the two is returned, so the test set never makes a comparison more certain than
+    its seeds."""
     seeds = summarize(diffs, confidence)
     if item_diffs is None or seeds.ci is None or len(item_diffs) < 2:
         return seeds
@@ -106,4 +109,5 @@ def summarize_paired(diffs: list[float], item_diffs=None, groups=None, confidenc
         return Summary(seeds.n, seeds.mean, seeds.std, (seeds.mean, seeds.mean), big_n)
     df = (a + b) ** 2 / (a * a / (seeds.n - 1) + b * b / (clusters - 1))
     half = t_quantile(0.5 + confidence / 2.0, max(1, min(MAX_DF, math.floor(df)))) * math.sqrt(a + b)
+    half = max(half, seeds.ci[1] - seeds.mean)
     return Summary(seeds.n, seeds.mean, seeds.std, (seeds.mean - half, seeds.mean + half), big_n)
