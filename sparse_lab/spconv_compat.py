@@ -45,10 +45,12 @@ Recognising sparse convolutions and reading their weight layout is ``sparse_lab.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import importlib
 import warnings
+import weakref
 from typing import NamedTuple
 
 import spconv  # noqa: F401  (re-exported; `from sparse_lab.spconv_compat import spconv`)
@@ -152,19 +154,29 @@ def _patch_single_thread_ops() -> None:
             setattr(ops, name, _single_threaded(fn))
 
 
+_CACHE: collections.OrderedDict = collections.OrderedDict()  # (attr, id(tensor), key) -> (ref, versions, value)
+_CACHE_SIZE = 256  # entries; a training step of E-3DSNN makes about 30, older batches' are dropped
+
+
 def _cached(tensor: torch.Tensor, attr: str, key: tuple, sources: tuple, compute):
-    """``compute()`` memoised on ``tensor`` (a Python attribute, so it lives as long as the tensor) under
-    ``key``; recomputed when any tensor it was computed from (``sources``) changed in place. Inference tensors
-    keep no version counter: for them nothing is cached."""
+    """``compute()`` memoised for ``tensor`` under ``key`` while ``tensor`` lives, in a bounded LRU cache;
+    recomputed when any tensor it was computed from (``sources``) changed in place. Inference tensors keep no
+    version counter: for them nothing is cached. Not on the tensor itself (a Python attribute): torch then
+    keeps the Python object alive with the tensor, and a cached value holding the tensor (a submanifold
+    conv's output indices are its input indices) leaked every batch's pairs (~100 MB/s training E-3DSNN)."""
     if any(t.is_inference() for t in sources):
         return compute()
     versions = tuple(t._version for t in sources)
-    cache = tensor.__dict__.setdefault(attr, {})
-    hit = cache.get(key)
-    if hit is not None and hit[0] == versions:
-        return hit[1]
+    slot = (attr, id(tensor), key)
+    hit = _CACHE.get(slot)
+    if hit is not None and hit[0]() is tensor and hit[1] == versions:
+        _CACHE.move_to_end(slot)
+        return hit[2]
     value = compute()
-    cache[key] = (versions, value)
+    _CACHE[slot] = (weakref.ref(tensor), versions, value)
+    _CACHE.move_to_end(slot)
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
     return value
 
 
