@@ -12,7 +12,6 @@ paired item by item only when their fingerprints agree (the same items, in the s
 from __future__ import annotations
 
 import hashlib
-import io
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +33,7 @@ def save(run_dir: Path, metric: str, values, key, groups=None) -> dict:
     groups = np.arange(len(values)) if groups is None else np.asarray(groups, dtype=np.int64)
     if not len(values) == len(key) == len(groups):
         raise ValueError(f"test items: {len(values)} values, {len(key)} keys, {len(groups)} groups")
-    buffer = io.BytesIO()
-    np.savez(buffer, values=values, key=key, groups=groups)
-    atomic_write(run_dir / FILE, lambda f: f.write(buffer.getvalue()))
+    atomic_write(run_dir / FILE, lambda f: np.savez(f, values=values, key=key, groups=groups))
     return {
         "file": FILE,
         "metric": metric,

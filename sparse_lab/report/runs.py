@@ -47,12 +47,13 @@ class Items(NamedTuple):
         return Items(self.fingerprint, self.values - other.values, self.groups) if same else None
 
 
-def item_differences(a: dict[Any, Items | None], b: dict[Any, Items | None], seeds: list) -> Items | None:
-    """Per test item, A − B averaged over ``seeds``; None unless both have every seed's items, all the same."""
-    diffs = [a[s] - b[s] if a.get(s) is not None and b.get(s) is not None else None for s in seeds]
-    if not diffs or any(d is None for d in diffs) or len({d.fingerprint for d in diffs}) != 1:
-        return None
-    return Items(diffs[0].fingerprint, np.mean([d.values for d in diffs], axis=0), diffs[0].groups)
+def paired_summary(diffs: list[float], a: dict[Any, Items | None], b: dict[Any, Items | None], seeds: list) -> Summary:
+    """The seed-paired differences' summary; where both sides have every seed's items (the same items), its
+    interval also counts the test set's sampling error (per item, A − B averaged over ``seeds``)."""
+    items = [a[s] - b[s] if a.get(s) is not None and b.get(s) is not None else None for s in seeds]
+    if not items or any(d is None for d in items) or len({d.fingerprint for d in items}) != 1:
+        return summarize(diffs)
+    return summarize_paired(diffs, np.mean([d.values for d in items], axis=0), items[0].groups)
 
 
 @dataclass
@@ -235,8 +236,8 @@ def paired_comparisons(groups: list[Group]) -> list[Comparison]:
             s1, s2 = first.by_seed(), second.by_seed()
             seeds = sorted(s1, key=str)
             diffs = [s1[s] - s2[s] for s in seeds]
-            items = item_differences(first.items_by_seed(first.primary), second.items_by_seed(first.primary), seeds)
-            summary = summarize_paired(diffs, *((items.values, items.groups) if items else ()))
+            metric = first.primary
+            summary = paired_summary(diffs, first.items_by_seed(metric), second.items_by_seed(metric), seeds)
             out.append(Comparison(first, second, seeds, diffs, summary, _verdict(summary, first.higher_is_better)))
     return out
 

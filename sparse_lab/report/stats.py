@@ -98,7 +98,7 @@ def summarize_paired(diffs: list[float], item_diffs=None, groups=None, confidenc
         return seeds
     item_diffs = np.asarray(item_diffs, dtype=np.float64)
     big_n = len(item_diffs)
-    _, cluster = np.unique(np.arange(big_n) if groups is None else np.asarray(groups), return_inverse=True)
+    cluster = np.arange(big_n) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
     clusters = int(cluster.max()) + 1
     if clusters < 2:
         return seeds

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sparse_lab.report.runs import Group, Items, item_differences
-from sparse_lab.report.stats import Summary, summarize, summarize_paired
+from sparse_lab.report.runs import Group, Items, paired_summary
+from sparse_lab.report.stats import Summary, summarize
 from sparse_lab.results import flatten_config
 
 HELD, NOT_HELD, UNCLEAR = "held", "not held", "not distinguishable"
@@ -183,8 +183,7 @@ def evaluate(check: Check, groups: dict[str, Group]) -> Outcome:
     else:
         values = [a[s] - b[s] for s in seeds]
         items_a, items_b = (per_seed_items(t, groups, check.metric) for t in (check.a, check.b))
-        items = item_differences(items_a, items_b, seeds)
-        summary = summarize_paired(values, *((items.values, items.groups) if items else ()))
+        summary = paired_summary(values, items_a, items_b, seeds)
     return Outcome(check, seeds, values, summary, judge(check, summary))
 
 

@@ -35,8 +35,8 @@ class Claim:
 
 
 SPARSITY = Metric("sparsity/global", "sparsity")
-DELTA_PENALTY = 0.15  # delta_cnn's default λ (configs/model/delta_cnn.yaml; a test keeps them equal)
 MACS = Metric("macs/target", "MACs on the target", higher_is_better=False)
+DELTA_PENALTY = 0.15  # delta_cnn's default λ (configs/model/delta_cnn.yaml; a test keeps them equal)
 
 CLAIMS: tuple[Claim, ...] = (
     Claim(
@@ -257,7 +257,7 @@ CLAIMS: tuple[Claim, ...] = (
                         factor=2.0,
                         says=f"λ {lam:g}, beside the verdict: ≥ 2x fewer",
                         aside=True,
-                    ),  # fmt: skip
+                    ),
                     Check(
                         "noninferior",
                         f"Delta layers, λ {lam:g}",
@@ -265,7 +265,7 @@ CLAIMS: tuple[Claim, ...] = (
                         margin=0.03,
                         says=f"λ {lam:g}, beside the verdict: ≤ 3 points",
                         aside=True,
-                    ),  # fmt: skip
+                    ),
                 )
             ),
         ),
